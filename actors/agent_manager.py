@@ -1,0 +1,307 @@
+"""The agent manager's logic: agents built once, runs executed, events served in batches.
+
+One instance per agent actor. `run_turn` lasts a whole run and returns its
+outcome to the caller (the user's shard); meanwhile the run's events go into
+the `EventHub`, from which every ingress replica long-polls the new events of
+all its runs in one call per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agents import Agent, Model, RunConfig, Runner
+from agents.result import RunResultStreaming
+
+from actors.assistant_agents import ASSISTANT, ChatContext, ToolServices, build_agents
+from actors.event_hub import EventHub, PollBatch
+from actors.events import (
+    MESSAGE_DELTA,
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    Event,
+    run_failed,
+)
+from actors.sdk_events import EventTranslator
+from actors.sim_model import SimulatedModel
+from actors.stats import LatencyWindow
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything an agent actor needs to execute one turn."""
+
+    run_id: str
+    user_id: str
+    session_id: str
+    text: str
+    reply_message_id: int
+    agent: str = ASSISTANT
+    history: list[dict[str, str]] = field(default_factory=list)
+    preferences: dict[str, str] = field(default_factory=dict)
+    todos: list[dict[str, Any]] = field(default_factory=list)
+    prelude: list[Event] = field(default_factory=list)
+    subscribers: list[tuple[str, int]] = field(default_factory=list)
+    cancelled: bool = False  # cancelled while queued: store and announce, run nothing
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended and what was stored."""
+
+    run_id: str
+    status: str  # "completed" | "cancelled" | "failed"
+    text: str
+    message_id: int
+
+
+class ReplyStore(Protocol):
+    """Where a finished reply is committed before its final event goes out."""
+
+    async def finish_reply(
+        self,
+        reply_message_id: int,
+        text_: str,
+        status: str,
+        final_seq: int | None = None,
+        error_code: str | None = None,
+    ) -> None: ...
+
+
+class RunObserver(Protocol):
+    """Told that a run ended, before its final event is published."""
+
+    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None: ...
+
+
+def make_model(settings: Settings) -> Model:
+    """The configured model: simulated by default, or any OpenAI-compatible endpoint."""
+    if settings.model == "simulated":
+        return SimulatedModel(
+            ttft_s=settings.sim_ttft_ms / 1000,
+            tokens_per_s=settings.sim_tokens_per_s,
+            reply_tokens=settings.sim_reply_tokens,
+        )
+    from agents import OpenAIChatCompletionsModel
+    from openai import AsyncOpenAI
+
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unset"
+    client = AsyncOpenAI(base_url=settings.openai_base_url, api_key=api_key)
+    return OpenAIChatCompletionsModel(model=settings.openai_model or "", openai_client=client)
+
+
+class AgentManager:
+    """Runs turns on shared agents and hands their events to ingress replicas."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        services: ToolServices,
+        store: ReplyStore,
+        observer: RunObserver,
+        model: Model | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._services = services
+        self._store = store
+        self._observer = observer
+        self.model = model or make_model(settings)
+        self._agents: dict[str, Agent[ChatContext]] = build_agents(self.model)
+        self.instances_created = len(self._agents)
+        self.lookups = 0
+        self._clock = clock
+        self.hub = EventHub(
+            coalesce_s=settings.coalesce_ms / 1000, grace_s=settings.run_grace_s, clock=clock
+        )
+        self._tasks: dict[str, asyncio.Task[RunOutcome]] = {}
+        self._streams: dict[str, RunResultStreaming] = {}
+        self._cancel_requested: set[str] = set()
+        self.counts = {"started": 0, "completed": 0, "failed": 0, "cancelled": 0}
+        self.ttft_ms = LatencyWindow()
+        self.processing_ms = LatencyWindow()
+        self._run_config = RunConfig(tracing_disabled=True)
+
+    def agent(self, name: str) -> Agent[ChatContext]:
+        """The shared agent called `name` (KeyError if there is none)."""
+        self.lookups += 1
+        return self._agents[name]
+
+    @property
+    def agent_names(self) -> list[str]:
+        """Names of the agents this manager serves."""
+        return list(self._agents)
+
+    # -- runs -------------------------------------------------------------
+    async def run_turn(self, spec: RunSpec) -> RunOutcome:
+        """Execute one turn; return once its reply is stored and its final event emitted."""
+        task = self._tasks.get(spec.run_id)
+        if task is None:
+            self.hub.open_run(spec.run_id, spec.user_id, spec.prelude)
+            for replica_id, after_seq in spec.subscribers:
+                self.hub.subscribe(replica_id, spec.run_id, after_seq)
+            task = asyncio.get_running_loop().create_task(
+                self._execute(spec), name=f"run-{spec.run_id}"
+            )
+            self._tasks[spec.run_id] = task
+            task.add_done_callback(lambda _t, run_id=spec.run_id: self._tasks.pop(run_id, None))
+        return await asyncio.shield(task)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Ask a running run to stop; False if this actor is not running it."""
+        stream = self._streams.get(run_id)
+        if run_id not in self._tasks:
+            return False
+        self._cancel_requested.add(run_id)
+        if stream is not None:
+            stream.cancel(mode="immediate")
+        return True
+
+    async def _execute(self, spec: RunSpec) -> RunOutcome:
+        started = self._clock()
+        self.counts["started"] += 1
+        translator = EventTranslator(agent=spec.agent)
+        status, error = "completed", None
+        first_delta_at: float | None = None
+        if spec.cancelled:
+            return await self._finish(spec, "cancelled", None, started, None)
+        try:
+            agent = self.agent(spec.agent)
+            self.hub.emit(spec.run_id, {"type": RUN_STARTED, "agent": agent.name})
+            context = ChatContext(spec.user_id, self._services, spec.preferences, spec.todos)
+            items: list[Any] = [*spec.history, {"role": "user", "content": spec.text}]
+            stream = Runner.run_streamed(
+                agent,
+                items,
+                context=context,
+                max_turns=self._settings.max_turns,
+                run_config=self._run_config,
+            )
+            self._streams[spec.run_id] = stream
+            if spec.run_id in self._cancel_requested:
+                stream.cancel(mode="immediate")
+            async with asyncio.timeout(self._settings.run_timeout_s):
+                async for sdk_event in stream.stream_events():
+                    for event in translator.translate(sdk_event):
+                        if event["type"] == MESSAGE_DELTA and first_delta_at is None:
+                            first_delta_at = self._clock()
+                        self.hub.emit(spec.run_id, event)
+            if spec.run_id in self._cancel_requested:
+                status = "cancelled"
+        except TimeoutError:
+            logger.error("run %s timed out after %ss", spec.run_id, self._settings.run_timeout_s)
+            status, error = "failed", ("timeout", "the agent run took too long")
+        except Exception as exc:
+            logger.exception("run %s failed", spec.run_id)
+            status, error = "failed", ("model_error", f"the agent run failed: {type(exc).__name__}")
+        finally:
+            self._streams.pop(spec.run_id, None)
+            self._cancel_requested.discard(spec.run_id)
+        return await self._finish(spec, status, error, started, first_delta_at)
+
+    async def _finish(
+        self,
+        spec: RunSpec,
+        status: str,
+        error: tuple[str, str] | None,
+        started: float,
+        first_delta_at: float | None,
+    ) -> RunOutcome:
+        buffer = self.hub.get(spec.run_id)
+        text = buffer.text if buffer is not None else ""
+        final_seq = (buffer.last_seq if buffer is not None else 0) + 1
+        code = error[0] if error else None
+        try:
+            await self._store.finish_reply(spec.reply_message_id, text, status, final_seq, code)
+        except Exception:
+            logger.exception("could not store the reply of run %s", spec.run_id)
+            status, error = "failed", ("internal", "the reply could not be stored")
+        outcome = RunOutcome(spec.run_id, status, text, spec.reply_message_id)
+        try:
+            await self._observer.run_ended(spec.user_id, outcome)
+        except Exception:
+            logger.exception("could not tell the shard that run %s ended", spec.run_id)
+        final: Event
+        if status == "completed":
+            final = {"type": RUN_COMPLETED, "message_id": spec.reply_message_id, "text": text}
+        elif status == "cancelled":
+            final = {"type": RUN_CANCELLED, "message_id": spec.reply_message_id, "text": text}
+        else:
+            code, message = error or ("internal", "the run failed")
+            final = run_failed(code, message)
+        self.hub.emit(spec.run_id, final)
+        self.counts[status] += 1
+        now = self._clock()
+        self.processing_ms.add((now - started) * 1000)
+        if first_delta_at is not None:
+            self.ttft_ms.add((first_delta_at - started) * 1000)
+        return outcome
+
+    # -- event delivery ---------------------------------------------------
+    async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:
+        """The new events of every run `replica_id` subscribes to, in one batch."""
+        return await self.hub.poll(replica_id, timeout_s)
+
+    async def subscribe(self, replica_id: str, run_id: str, after_seq: int) -> bool:
+        """Start sending a run's events after `after_seq` to a replica."""
+        return self.hub.subscribe(replica_id, run_id, after_seq)
+
+    async def replay_and_subscribe(
+        self, run_id: str, after_seq: int, replica_id: str
+    ) -> list[Event] | None:
+        """A run's buffered events after `after_seq`, and its live tail to `replica_id`.
+
+        None when this actor does not hold the run (its buffer expired).
+        """
+        events = self.hub.replay(run_id, after_seq)
+        if events is not None and replica_id:
+            last = events[-1]["seq"] if events else after_seq
+            self.hub.subscribe(replica_id, run_id, last)
+        return events
+
+    async def final_event(self, run_id: str) -> Event | None:
+        """The final event of a finished run still buffered here."""
+        buffer = self.hub.get(run_id)
+        return None if buffer is None else buffer.final_event()
+
+    async def texts(self, run_ids: list[str]) -> dict[str, str]:
+        """The reply text so far of each listed run held here."""
+        found = ((run_id, self.hub.get(run_id)) for run_id in run_ids)
+        return {run_id: buffer.text for run_id, buffer in found if buffer is not None}
+
+    async def cleanup(self) -> int:
+        """Drop finished run buffers past their grace period; return how many."""
+        return self.hub.cleanup()
+
+    async def stop(self) -> None:
+        """Cancel every run in flight and wait until each has stored its partial reply."""
+        for run_id in list(self._tasks):
+            await self.cancel(run_id)
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency samples of this actor (merged by the ingress)."""
+        return {
+            "agents": self.agent_names,
+            "lookups": self.lookups,
+            "instances_created": self.instances_created,
+            "active": self.hub.active_runs,
+            "buffered_runs": self.hub.buffered_runs,
+            "polls": self.hub.polls,
+            "events_sent": self.hub.events_sent,
+            "tokens_emitted": getattr(self.model, "tokens_emitted", None),
+            **self.counts,
+            "ttft_samples": self.ttft_ms.samples()[-2000:],
+            "processing_samples": self.processing_ms.samples()[-2000:],
+        }

@@ -1,0 +1,77 @@
+"""One root exception for raychat, subclassed by cause.
+
+Constructor arguments go to `super().__init__` so every error pickles across
+actor boundaries unchanged. `code` is the PROTOCOL.md error code.
+"""
+
+from __future__ import annotations
+
+
+class RaychatError(Exception):
+    """Root of every error raychat raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RaychatError):
+    """The frame is well-formed JSON but not a valid message."""
+
+    code = "bad_request"
+
+
+class BadJson(RaychatError):
+    """The frame is not JSON (or not a JSON object)."""
+
+    code = "bad_json"
+
+
+class UnknownType(RaychatError):
+    """The frame's `type` is not one the protocol defines."""
+
+    code = "unknown_type"
+
+
+class TooLarge(RaychatError):
+    """The frame or a field in it is over its limit."""
+
+    code = "too_large"
+
+
+class NotFound(RaychatError):
+    """The run or resource does not exist for this user (never says whether it exists)."""
+
+    code = "not_found"
+
+
+class Busy(RaychatError):
+    """The session has an active run and the client asked `on_busy: reject`."""
+
+    code = "busy"
+
+
+class AuthError(RaychatError):
+    """The token is missing, invalid or expired."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(RaychatError):
+    """The token is valid but may not act on this resource."""
+
+    code = "forbidden"
+
+
+class ModelFailure(RaychatError):
+    """The model or agent run failed."""
+
+    code = "model_error"
+
+
+class StorageError(RaychatError):
+    """The database did not accept a write or read."""
+
+    code = "internal"

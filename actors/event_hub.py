@@ -1,0 +1,172 @@
+"""Run buffers of one agent actor and the long-poll that carries them to ingress replicas.
+
+Each ingress replica keeps one `poll` call open per agent actor. A poll returns
+the new events of every run that replica subscribes to, in one batch: at once
+when a run's first delta or final event is waiting (or the replica has been
+idle for a coalescing interval), otherwise after the interval has passed since
+its previous batch. This is the "batch across runs" design of DESIGN.md: the
+number of Ray calls per second is set by the replicas, not by users or tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from actors.events import FINAL_TYPES, MESSAGE_DELTA, Event, encode
+from actors.run_buffer import RunBuffer
+
+Clock = Callable[[], float]
+# One poll answer: (user_id, run_id, seq of the first event, [encoded events]) per run
+# with news; the events of one entry have contiguous seqs.
+PollBatch = list[tuple[str, str, int, list[str]]]
+
+
+@dataclass
+class _Subscriber:
+    """What one ingress replica has been sent, and what waits for it."""
+
+    cursors: dict[str, int] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    urgent: asyncio.Event = field(default_factory=asyncio.Event)
+    last_return: float = float("-inf")
+    last_seen: float = 0.0
+
+
+class EventHub:
+    """Owns the run buffers of one actor and serves them to subscribed replicas."""
+
+    def __init__(
+        self,
+        *,
+        coalesce_s: float,
+        grace_s: float = 300.0,
+        replica_expiry_s: float = 120.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._coalesce_s = coalesce_s
+        self._grace_s = grace_s
+        self._replica_expiry_s = replica_expiry_s
+        self._clock = clock
+        self._runs: dict[str, RunBuffer] = {}
+        self._subs: dict[str, _Subscriber] = {}
+        self.polls = 0
+        self.events_sent = 0
+
+    # -- runs -------------------------------------------------------------
+    def open_run(self, run_id: str, user_id: str, prelude: list[Event]) -> RunBuffer:
+        """Create the buffer of a new run, seeded with events already sent elsewhere."""
+        if run_id in self._runs:
+            raise ValueError(f"run {run_id} is already open")
+        buffer = RunBuffer(run_id, user_id, prelude)
+        self._runs[run_id] = buffer
+        return buffer
+
+    def get(self, run_id: str) -> RunBuffer | None:
+        """The buffer of a run this actor holds, if any."""
+        return self._runs.get(run_id)
+
+    def emit(self, run_id: str, event: Event) -> Event:
+        """Append an event to a run and wake every replica subscribed to it."""
+        buffer = self._runs[run_id]
+        first_delta = event["type"] == MESSAGE_DELTA and not buffer.text_parts
+        stored = buffer.append(event)
+        if buffer.finished:
+            buffer.finished_at = self._clock()
+        urgent = first_delta or event["type"] in FINAL_TYPES
+        for sub in self._subs.values():
+            if run_id in sub.cursors:
+                sub.pending.add(run_id)
+                sub.wake.set()
+                if urgent:
+                    sub.urgent.set()
+        return stored
+
+    # -- subscriptions ----------------------------------------------------
+    def subscribe(self, replica_id: str, run_id: str, after_seq: int) -> bool:
+        """Send `replica_id` the events of `run_id` after `after_seq`; False if unknown."""
+        buffer = self._runs.get(run_id)
+        if buffer is None:
+            return False
+        sub = self._subs.setdefault(replica_id, _Subscriber(last_seen=self._clock()))
+        current = sub.cursors.get(run_id)
+        sub.cursors[run_id] = after_seq if current is None else min(current, after_seq)
+        if buffer.last_seq > sub.cursors[run_id]:
+            sub.pending.add(run_id)
+            sub.wake.set()
+            sub.urgent.set()
+        return True
+
+    async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:
+        """Wait up to `timeout_s` for news for `replica_id`; return it as one batch."""
+        sub = self._subs.setdefault(replica_id, _Subscriber())
+        sub.last_seen = self._clock()
+        self.polls += 1
+        if not sub.pending:
+            sub.wake.clear()
+            try:
+                await asyncio.wait_for(sub.wake.wait(), timeout_s)
+            except TimeoutError:
+                return []
+        hold_s = sub.last_return + self._coalesce_s - self._clock()
+        if hold_s > 0 and not sub.urgent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.urgent.wait(), hold_s)
+        return self._collect(sub)
+
+    def _collect(self, sub: _Subscriber) -> PollBatch:
+        batch: PollBatch = []
+        for run_id in sub.pending:
+            buffer = self._runs.get(run_id)
+            if buffer is None:
+                sub.cursors.pop(run_id, None)
+                continue
+            events = buffer.after(sub.cursors[run_id])
+            if events:
+                sub.cursors[run_id] = events[-1]["seq"]
+                encoded = [encode(e) for e in events]
+                batch.append((buffer.user_id, run_id, events[0]["seq"], encoded))
+                self.events_sent += len(events)
+            if buffer.finished and sub.cursors[run_id] >= buffer.last_seq:
+                del sub.cursors[run_id]
+        sub.pending.clear()
+        sub.wake.clear()
+        sub.urgent.clear()
+        sub.last_return = self._clock()
+        return batch
+
+    def replay(self, run_id: str, after_seq: int) -> list[Event] | None:
+        """Events of a run after `after_seq` (None when this actor does not hold it)."""
+        buffer = self._runs.get(run_id)
+        return None if buffer is None else buffer.after(after_seq)
+
+    # -- housekeeping -----------------------------------------------------
+    def cleanup(self) -> int:
+        """Drop finished runs past their grace period and replicas that stopped polling."""
+        now = self._clock()
+        expired = [
+            run_id
+            for run_id, buffer in self._runs.items()
+            if buffer.finished_at is not None and now - buffer.finished_at >= self._grace_s
+        ]
+        for run_id in expired:
+            del self._runs[run_id]
+        for replica_id in [
+            r for r, s in self._subs.items() if now - s.last_seen >= self._replica_expiry_s
+        ]:
+            del self._subs[replica_id]
+        return len(expired)
+
+    @property
+    def active_runs(self) -> int:
+        """Runs that have not yet reached a final event."""
+        return sum(1 for buffer in self._runs.values() if not buffer.finished)
+
+    @property
+    def buffered_runs(self) -> int:
+        """All run buffers held, finished ones included."""
+        return len(self._runs)

@@ -1,0 +1,198 @@
+"""Ray wiring: the actor classes and the one place their `ray.remote` options live.
+
+The logic lives in plain classes (`Persistence`, `AgentManager`, `UserShard`);
+here they are given handle-backed collaborators and started as named,
+detached, restartable actors in the configured namespace. Every ingress
+replica calls `ensure_actors`, which creates the actors once or finds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors.agent_manager import AgentManager, RunOutcome
+from actors.assistant_agents import AGENT_NAMES
+from actors.persistence import Persistence
+from actors.sharding import shard_for
+from actors.user_shard import UserShard
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+# Actors are async and mostly wait on I/O: they reserve no CPU (2-core machines
+# still run all of them) and take many concurrent calls (each run holds one).
+_ACTOR_OPTIONS: dict[str, Any] = {
+    "num_cpus": 0,
+    "lifetime": "detached",
+    "get_if_exists": True,
+    "max_restarts": -1,
+    "max_task_retries": 0,
+    "max_concurrency": 20_000,
+}
+
+
+class RemoteCaller:
+    """Calls an actor's methods as coroutines: `await caller.method(*args)`."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.handle, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await method.remote(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
+def actor_name(settings: Settings, kind: str, index: int | None = None) -> str:
+    """The registered name of an actor (`persistence`, `agent`, `shard`)."""
+    return f"raychat-{kind}" if index is None else f"raychat-{kind}-{index}"
+
+
+class ShardDirectory:
+    """Finds shard actors by name, once each, without blocking the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._handles: dict[int, Any] = {}
+
+    async def shard(self, user_id: str) -> RemoteCaller:
+        """The shard that owns `user_id`."""
+        index = shard_for(user_id, self._settings.shards)
+        handle = self._handles.get(index)
+        if handle is None:
+            name = actor_name(self._settings, "shard", index)
+            handle = await asyncio.to_thread(
+                ray.get_actor, name, namespace=self._settings.namespace
+            )
+            self._handles[index] = handle
+        return RemoteCaller(handle)
+
+
+class _HandleServices:
+    """`ToolServices` and `RunObserver` over actor handles."""
+
+    def __init__(self, persistence: Any, shards: ShardDirectory) -> None:
+        self._db = RemoteCaller(persistence)
+        self._shards = shards
+
+    async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._db.add_todo(user_id, text)
+        return result
+
+    async def complete_todo(self, user_id: str, todo_id: int) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self._db.complete_todo(user_id, todo_id)
+        return result
+
+    async def set_preference(self, user_id: str, key: str, value: str) -> dict[str, str]:
+        result: dict[str, str] = await self._db.set_preference(user_id, key, value)
+        return result
+
+    async def load_context(self, user_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        context = await self._db.load_context(user_id)
+        return context.preferences, context.todos
+
+    async def context_changed(self, user_id: str) -> None:
+        await (await self._shards.shard(user_id)).invalidate_context(user_id)
+
+    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
+        await (await self._shards.shard(user_id)).run_ended(user_id, outcome)
+
+    async def finish_reply(
+        self,
+        reply_message_id: int,
+        text_: str,
+        status: str,
+        final_seq: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        await self._db.finish_reply(reply_message_id, text_, status, final_seq, error_code)
+
+
+class AgentActor(AgentManager):
+    """An agent manager whose tools, store and observer are other actors."""
+
+    def __init__(self, settings: Settings, persistence: Any) -> None:
+        services = _HandleServices(persistence, ShardDirectory(settings))
+        super().__init__(settings, services=services, store=services, observer=services)
+
+    async def ping(self) -> bool:
+        """Liveness for `/readyz`."""
+        return True
+
+
+class ShardActor(UserShard):
+    """A user shard whose store and agents are other actors."""
+
+    def __init__(self, settings: Settings, index: int, persistence: Any, agents: list[Any]) -> None:
+        super().__init__(
+            settings,
+            index=index,
+            store=RemoteCaller(persistence),
+            agents=[RemoteCaller(agent) for agent in agents],
+            agent_names=AGENT_NAMES,
+        )
+
+    async def ping(self) -> bool:
+        """Liveness for `/readyz`."""
+        return True
+
+
+class PersistenceActor(Persistence):
+    """The persistence logic as the service's single writer actor."""
+
+
+@dataclass(frozen=True)
+class ActorHandles:
+    """Handles of every actor the ingress talks to."""
+
+    persistence: Any
+    agents: list[Any]
+    shards: list[Any]
+
+    def shard(self, user_id: str) -> Any:
+        """The shard actor of `user_id`."""
+        return self.shards[shard_for(user_id, len(self.shards))]
+
+
+def ensure_actors(settings: Settings) -> ActorHandles:
+    """Create the service's actors, or find them if they already run (blocking)."""
+    ns = settings.namespace
+    persistence = (
+        ray.remote(PersistenceActor)
+        .options(name=actor_name(settings, "persistence"), namespace=ns, **_ACTOR_OPTIONS)
+        .remote(settings)
+    )
+    agents = [
+        ray.remote(AgentActor)
+        .options(name=actor_name(settings, "agent", i), namespace=ns, **_ACTOR_OPTIONS)
+        .remote(settings, persistence)
+        for i in range(settings.agent_actors)
+    ]
+    shards = [
+        ray.remote(ShardActor)
+        .options(name=actor_name(settings, "shard", i), namespace=ns, **_ACTOR_OPTIONS)
+        .remote(settings, i, persistence, agents)
+        for i in range(settings.shards)
+    ]
+    return ActorHandles(persistence=persistence, agents=agents, shards=shards)
+
+
+def kill_actors(settings: Settings) -> None:
+    """Stop every actor of the service (tests and `raychat` maintenance)."""
+    names = [actor_name(settings, "persistence")]
+    names += [actor_name(settings, "agent", i) for i in range(settings.agent_actors)]
+    names += [actor_name(settings, "shard", i) for i in range(settings.shards)]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
+        except ValueError:
+            continue

@@ -1,0 +1,263 @@
+"""The ingress replica's logic: sockets, frames, event fan-in and the HTTP endpoints' work.
+
+Owns nothing that must survive a socket. Per replica: one long-poll task per
+agent actor (events of every run for this replica's users arrive in batches),
+and per socket a receive loop (in the handler), a sender task and a bounded
+outbound queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import suppress
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors.auth import Identity
+from actors.connection import Connection
+from actors.errors import RaychatError
+from actors.event_hub import PollBatch
+from actors.events import error_event
+from actors.factory import ActorHandles
+from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
+from actors.stats_report import merge_stats
+from actors.user_shard import ChatRequest
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TOO_LARGE = 1009
+CLOSE_POLICY = 1008
+CLOSE_GOING_AWAY = 1001
+
+
+def remote_cause(exc: BaseException) -> BaseException:
+    """The exception an actor raised, unwrapped from Ray's task error."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+class IngressCore:
+    """Everything one ingress replica does, independent of FastAPI routing."""
+
+    def __init__(self, settings: Settings, handles: ActorHandles) -> None:
+        self.settings = settings
+        self.handles = handles
+        self.replica_id = uuid.uuid4().hex
+        self._users: dict[str, set[Connection]] = {}
+        self._pollers: list[asyncio.Task[None]] = []
+        self._sockets: set[WebSocket] = set()
+        self.counters = {"opened": 0, "closed": 0, "frames": 0, "errors": 0, "batches": 0}
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Start one long-poll task per agent actor."""
+        loop = asyncio.get_running_loop()
+        for index, agent in enumerate(self.handles.agents):
+            self._pollers.append(loop.create_task(self._poll_loop(agent), name=f"poll-{index}"))
+
+    async def stop(self) -> None:
+        """Close every socket with 1001 and stop the pollers."""
+        for websocket in list(self._sockets):
+            with suppress(Exception):
+                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+        for task in self._pollers:
+            task.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        self._pollers.clear()
+
+    async def _poll_loop(self, agent: Any) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                batch: PollBatch = await agent.poll.remote(
+                    self.replica_id, self.settings.poll_timeout_s
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("polling an agent actor failed; retrying in %.2fs", backoff)
+                await asyncio.sleep(backoff)  # back off while the actor restarts
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            if batch:
+                self.counters["batches"] += 1
+                self.dispatch(batch)
+
+    def dispatch(self, batch: PollBatch) -> None:
+        """Hand each run's new events to every socket of its user on this replica."""
+        for user_id, run_id, first_seq, texts in batch:
+            for conn in self._users.get(user_id, ()):
+                conn.deliver(run_id, first_seq, texts)
+
+    # -- sockets ---------------------------------------------------------------
+    async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
+        """Run one authenticated, accepted socket until it closes."""
+        user_id = identity.user_id
+        conn = Connection(user_id, websocket.send_text, queue_max=self.settings.outbound_queue_max)
+        shard = self.handles.shard(user_id)
+        self._users.setdefault(user_id, set()).add(conn)
+        self._sockets.add(websocket)
+        self.counters["opened"] += 1
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(conn.run_sender(), name="ws-sender")
+        watchdog = loop.create_task(self._close_when_overflowed(websocket, conn), name="ws-watch")
+        try:
+            await shard.connect.remote(user_id, self.replica_id)
+            await self._receive_loop(websocket, conn)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.counters["closed"] += 1
+            users = self._users.get(user_id)
+            if users is not None:
+                users.discard(conn)
+                if not users:
+                    del self._users[user_id]
+            self._sockets.discard(websocket)
+            for task in (sender, watchdog):
+                task.cancel()
+            for result in await asyncio.gather(sender, watchdog, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect):
+                    logger.warning("socket task of %s ended with an error", user_id, exc_info=result)
+            try:
+                await shard.disconnect.remote(user_id, self.replica_id)
+            except Exception:
+                logger.exception("could not record the disconnect of %s", user_id)
+
+    async def _close_when_overflowed(self, websocket: WebSocket, conn: Connection) -> None:
+        await conn.overflowed.wait()
+        logger.warning("closing a socket of %s: it stopped reading", conn.user_id)
+        await websocket.close(CLOSE_POLICY, "client is not reading")
+
+    async def _receive_loop(self, websocket: WebSocket, conn: Connection) -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.counters["frames"] += 1
+            text = message.get("text")
+            if text is None:
+                self.counters["errors"] += 1
+                conn.send_event(error_event("bad_request", "send JSON text frames, not binary"))
+                continue
+            if len(text) > self.settings.max_frame_bytes or (
+                len(text.encode("utf-8", "surrogatepass")) > self.settings.max_frame_bytes
+            ):
+                await websocket.close(CLOSE_TOO_LARGE, "frame too large")
+                return
+            await self.handle_frame(conn, text)
+
+    async def handle_frame(self, conn: Connection, text: str) -> None:
+        """Parse one text frame and act on it; problems become `error` events."""
+        try:
+            message = parse_frame(text, max_text_chars=self.settings.max_text_chars)
+        except RaychatError as exc:
+            self.counters["errors"] += 1
+            conn.send_event(error_event(exc.code, exc.message))
+            return
+        try:
+            await self._act(conn, message)
+        except Exception as exc:
+            cause = remote_cause(exc)
+            ref = getattr(message, "run_id", None) or getattr(message, "client_msg_id", None)
+            self.counters["errors"] += 1
+            if isinstance(cause, RaychatError):
+                conn.send_event(error_event(cause.code, cause.message, ref))
+            else:
+                logger.error("handling a %s frame failed", message.type, exc_info=exc)
+                conn.send_event(error_event("internal", "the server could not handle that", ref))
+
+    async def _act(self, conn: Connection, message: ClientMessage) -> None:
+        shard = self.handles.shard(conn.user_id)
+        if isinstance(message, Ping):
+            conn.send_event({"type": "pong"})
+        elif isinstance(message, Chat):
+            request = ChatRequest(
+                user_id=conn.user_id,
+                run_id=uuid.uuid4().hex,
+                text=message.text,
+                replica_id=self.replica_id,
+                session_id=message.session_id,
+                client_msg_id=message.client_msg_id,
+                agent=message.agent,
+                on_busy=message.on_busy,
+            )
+            events = await shard.chat.remote(request)
+            for event in events:
+                conn.send_event(event)
+            if events and events[0].get("duplicate"):
+                await self.resume(conn, events[0]["run_id"], events[0]["seq"])
+        elif isinstance(message, Cancel):
+            for event in await shard.cancel.remote(conn.user_id, message.run_id):
+                conn.send_event(event)
+        elif isinstance(message, Resume):
+            await self.resume(conn, message.run_id, message.after_seq)
+
+    async def resume(self, conn: Connection, run_id: str, after_seq: int) -> None:
+        """Replay a run to `conn` after `after_seq`, then keep it streaming live."""
+        conn.begin_replay(run_id)
+        try:
+            events = await self.handles.shard(conn.user_id).resume.remote(
+                conn.user_id, run_id, after_seq, self.replica_id
+            )
+        except BaseException:
+            conn.abandon_replay(run_id)
+            raise
+        conn.finish_replay(run_id, after_seq, events)
+
+    # -- HTTP endpoints ------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        """The statistics document of PROTOCOL.md."""
+        shard_refs = [shard.stats.remote() for shard in self.handles.shards]
+        agent_refs = [agent.stats.remote() for agent in self.handles.agents]
+        shards = await asyncio.gather(*shard_refs)
+        agents = await asyncio.gather(*agent_refs)
+        persistence = await self.handles.persistence.stats.remote()
+        local = {
+            "replica_id": self.replica_id,
+            "sockets": len(self._sockets),
+            "users": len(self._users),
+            **self.counters,
+        }
+        return merge_stats(list(shards), list(agents), persistence, local)
+
+    async def cleanup(self) -> dict[str, int]:
+        """Drop expired cache entries and finished run buffers everywhere."""
+        shard_results = await asyncio.gather(*(s.cleanup.remote() for s in self.handles.shards))
+        buffers = await asyncio.gather(*(a.cleanup.remote() for a in self.handles.agents))
+        return {
+            "expired_contexts": sum(r["contexts"] for r in shard_results),
+            "finished_runs": sum(r["runs"] for r in shard_results),
+            "run_buffers": sum(buffers),
+        }
+
+    async def refresh_context(self, user_id: str) -> dict[str, Any]:
+        """Reload a user's context from the database into its shard's cache."""
+        context = await self.handles.shard(user_id).context.remote(user_id, True)
+        return {"user_id": user_id, "preferences": context.preferences, "todos": context.todos}
+
+    async def history(
+        self, user_id: str, session_id: str, limit: int, before: int | None
+    ) -> dict[str, Any]:
+        """A session's messages, oldest first, with in-flight replies' text so far."""
+        rows = await self.handles.persistence.history.remote(user_id, session_id, limit, before)
+        streaming = [r["run_id"] for r in rows if r["status"] == "streaming"]
+        if streaming:
+            texts = await self.handles.shard(user_id).streaming_texts.remote(user_id, streaming)
+            for row in rows:
+                if row["status"] == "streaming":
+                    row["text"] = texts.get(row["run_id"], row["text"])
+        return {"session_id": session_id, "messages": rows}
+
+    async def ready(self) -> bool:
+        """True when the database and every actor answer."""
+        refs = [self.handles.persistence.ping.remote()]
+        refs += [a.ping.remote() for a in self.handles.agents]
+        refs += [s.ping.remote() for s in self.handles.shards]
+        results = await asyncio.wait_for(asyncio.gather(*refs), timeout=10)
+        return all(results)

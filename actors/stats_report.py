@@ -1,0 +1,88 @@
+"""Merge the statistics of every actor into the shape PROTOCOL.md gives (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.stats import percentiles
+
+
+def _rate(hits: int, misses: int) -> float:
+    total = hits + misses
+    return round(hits / total, 4) if total else 0.0
+
+
+def merge_stats(
+    shards: list[dict[str, Any]],
+    agents: list[dict[str, Any]],
+    persistence: dict[str, Any],
+    ingress: dict[str, Any],
+) -> dict[str, Any]:
+    """One statistics document from the per-actor reports."""
+    connections = {"active": 0, "opened": 0, "closed": 0}
+    session = {"size": 0, "hits": 0, "misses": 0}
+    context = {"size": 0, "hits": 0, "misses": 0, "expired": 0, "evicted": 0}
+    ttl_s = 0.0
+    queued = resumed = interrupted = rejected = duplicates = 0
+    for shard in shards:
+        for key in connections:
+            connections[key] += shard["connections"][key]
+        for key in session:
+            session[key] += shard["session_cache"][key]
+        for key in context:
+            context[key] += shard["user_context_cache"][key]
+        ttl_s = shard["user_context_cache"]["ttl_s"]
+        queued += shard["queued"]
+        counts = shard["counts"]
+        resumed += counts["resumed"]
+        interrupted += counts["interrupted"]
+        rejected += counts["rejected"]
+        duplicates += counts["duplicates"]
+    ttft = [s for agent in agents for s in agent["ttft_samples"]]
+    processing = [s for agent in agents for s in agent["processing_samples"]]
+    names = sorted({name for agent in agents for name in agent["agents"]})
+    return {
+        "connections": connections,
+        "runs": {
+            "active": sum(a["active"] for a in agents),
+            "queued": queued,
+            "completed": sum(a["completed"] for a in agents),
+            "failed": sum(a["failed"] for a in agents),
+            "cancelled": sum(a["cancelled"] for a in agents),
+            "resumed": resumed,
+            "interrupted": interrupted,
+            "rejected": rejected,
+            "duplicates": duplicates,
+            "processing_ms": percentiles(processing),
+            "ttft_ms": percentiles(ttft),
+        },
+        "agent_manager": {
+            "agents": names,
+            "lookups": sum(a["lookups"] for a in agents),
+            "instances_created": sum(a["instances_created"] for a in agents),
+            "actors": len(agents),
+            "polls": sum(a["polls"] for a in agents),
+            "events_sent": sum(a["events_sent"] for a in agents),
+            "buffered_runs": sum(a["buffered_runs"] for a in agents),
+            "tokens_emitted": sum(a.get("tokens_emitted") or 0 for a in agents),
+        },
+        "session_cache": {**session, "hit_rate": _rate(session["hits"], session["misses"])},
+        "user_context_cache": {
+            **context,
+            "hit_rate": _rate(context["hits"], context["misses"]),
+            "ttl_s": ttl_s,
+        },
+        "persistence": persistence,
+        "shards": [
+            {
+                "shard": shard["shard"],
+                "users": shard["users"],
+                "connected_users": shard["connected_users"],
+                "connections": shard["connections"]["active"],
+                "queued": shard["queued"],
+                "runs": shard["runs"],
+            }
+            for shard in shards
+        ],
+        "ingress": ingress,
+    }

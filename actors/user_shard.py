@@ -1,0 +1,493 @@
+"""The user shard's logic: per-user context and session caches, run registry and lanes.
+
+Users map to shards by `sharding.shard_for`. A shard owns, for its users: the
+context cache (preferences and todos, TTL), the session cache (conversation
+history used as model input), the registry of runs, and one lane per chat
+session that serialises its runs (`on_busy`: enqueue, reject, interrupt).
+Runs execute on agent actors; a run belongs to the shard, never to a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from actors.agent_manager import RunOutcome, RunSpec
+from actors.errors import BadRequest, Busy, NotFound
+from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
+from actors.persistence import TurnRecord, UserContext
+from actors.ttl_cache import TTLCache
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+History = list[dict[str, str]]
+
+
+class AgentPort(Protocol):
+    """The agent-actor calls a shard makes."""
+
+    async def run_turn(self, spec: RunSpec) -> RunOutcome: ...
+
+    async def cancel(self, run_id: str) -> bool: ...
+
+    async def replay_and_subscribe(
+        self, run_id: str, after_seq: int, replica_id: str
+    ) -> list[Event] | None: ...
+
+    async def texts(self, run_ids: list[str]) -> dict[str, str]: ...
+
+    async def final_event(self, run_id: str) -> Event | None: ...
+
+
+class ShardStore(Protocol):
+    """The persistence calls a shard makes."""
+
+    async def begin_turn(
+        self, user_id: str, session_id: str, run_id: str, text_: str, client_msg_id: str | None
+    ) -> TurnRecord: ...
+
+    async def finish_reply(
+        self, reply_message_id: int, text_: str, status: str, final_seq: int | None = None
+    ) -> None: ...
+
+    async def load_context(self, user_id: str) -> UserContext: ...
+
+    async def load_conversation(
+        self, user_id: str, session_id: str, limit: int, exclude_run_id: str | None = None
+    ) -> History: ...
+
+    async def run_record(self, user_id: str, run_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated `chat` frame plus who sent it and from which replica."""
+
+    user_id: str
+    run_id: str
+    text: str
+    replica_id: str
+    session_id: str = "default"
+    client_msg_id: str | None = None
+    agent: str | None = None
+    on_busy: str = "enqueue"
+
+
+@dataclass
+class _Run:
+    """A run the shard knows: where it is and how it ended."""
+
+    run_id: str
+    user_id: str
+    session_id: str
+    agent_index: int
+    status: str = "queued"  # queued | running | completed | cancelled | failed
+    spec: RunSpec | None = None
+    prelude: list[Event] = field(default_factory=list)
+    subscribers: dict[str, int] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    ended_at: float | None = None
+    cancel_requested: bool = False
+
+
+@dataclass
+class _Lane:
+    """The runs of one (user, session): at most one active, the rest in order."""
+
+    active: str | None = None
+    queue: deque[str] = field(default_factory=deque)
+
+
+class UserShard:
+    """Caches, run registry and per-session lanes for the users of one shard."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        index: int,
+        store: ShardStore,
+        agents: Sequence[AgentPort],
+        agent_names: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not agents:
+            raise ValueError("a shard needs at least one agent actor")
+        self.index = index
+        self._settings = settings
+        self._store = store
+        self._agents = list(agents)
+        self._agent_names = frozenset(agent_names)
+        self._clock = clock
+        self.contexts: TTLCache[str, UserContext] = TTLCache(
+            ttl_s=settings.context_ttl_s, max_size=settings.context_cache_max, clock=clock
+        )
+        self._histories: OrderedDict[tuple[str, str], History] = OrderedDict()
+        self.session_hits = 0
+        self.session_misses = 0
+        self._runs: dict[str, _Run] = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._presence: dict[str, dict[str, int]] = {}
+        self._next_agent = 0
+        self.counts = {
+            "accepted": 0,
+            "duplicates": 0,
+            "queued": 0,
+            "rejected": 0,
+            "interrupted": 0,
+            "resumed": 0,
+            "cancel_requests": 0,
+            "lost": 0,
+        }
+        self.connections = {"opened": 0, "closed": 0}
+
+    # -- presence ---------------------------------------------------------
+    async def connect(self, user_id: str, replica_id: str) -> None:
+        """A socket of `user_id` opened on `replica_id`."""
+        replicas = self._presence.setdefault(user_id, {})
+        replicas[replica_id] = replicas.get(replica_id, 0) + 1
+        self.connections["opened"] += 1
+
+    async def disconnect(self, user_id: str, replica_id: str) -> None:
+        """A socket of `user_id` closed on `replica_id`."""
+        replicas = self._presence.get(user_id, {})
+        left = replicas.get(replica_id, 0) - 1
+        if left > 0:
+            replicas[replica_id] = left
+        else:
+            replicas.pop(replica_id, None)
+            if not replicas:
+                self._presence.pop(user_id, None)
+        self.connections["closed"] += 1
+
+    def _listeners(self, user_id: str, origin: str) -> dict[str, int]:
+        replicas = dict.fromkeys(self._presence.get(user_id, {}), 0)
+        replicas[origin] = 0
+        return replicas
+
+    # -- context and sessions ----------------------------------------------
+    async def context(self, user_id: str, refresh: bool = False) -> UserContext:
+        """The user's cached context, loaded from the database on a miss or when forced."""
+        cached = None if refresh else self.contexts.get(user_id)
+        if cached is not None:
+            return cached
+        loaded = await self._store.load_context(user_id)
+        self.contexts.put(user_id, loaded)
+        return loaded
+
+    async def invalidate_context(self, user_id: str) -> bool:
+        """Forget the cached context of `user_id` (a tool changed it)."""
+        return self.contexts.invalidate(user_id)
+
+    async def _history(self, user_id: str, session_id: str, run_id: str) -> History:
+        key = (user_id, session_id)
+        cached = self._histories.get(key)
+        if cached is not None:
+            self.session_hits += 1
+            self._histories.move_to_end(key)
+            return list(cached)
+        self.session_misses += 1
+        loaded = await self._store.load_conversation(
+            user_id, session_id, self._settings.history_messages, exclude_run_id=run_id
+        )
+        self._histories[key] = loaded
+        while len(self._histories) > self._settings.session_cache_max:
+            self._histories.popitem(last=False)
+        return list(loaded)
+
+    def _remember_turn(self, run: _Run, user_text: str, reply: str) -> None:
+        history = self._histories.get((run.user_id, run.session_id))
+        if history is None:
+            return
+        history.append({"role": "user", "content": user_text})
+        if reply:
+            history.append({"role": "assistant", "content": reply})
+        limit = self._settings.history_messages
+        del history[: max(0, len(history) - limit)]
+
+    # -- runs ---------------------------------------------------------------
+    def _owned(self, user_id: str, run_id: str) -> _Run | None:
+        run = self._runs.get(run_id)
+        return run if run is not None and run.user_id == user_id else None
+
+    async def chat(self, request: ChatRequest) -> list[Event]:
+        """Accept a chat: store the user message, then start or queue its run.
+
+        Returns events for the requesting socket to send itself (duplicates and
+        queued runs); the events of a run that starts at once come from its
+        agent actor.
+        """
+        if request.agent is not None and request.agent not in self._agent_names:
+            raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
+        key = (request.user_id, request.session_id)
+        lane = self._lanes.setdefault(key, _Lane())
+        busy = lane.active is not None
+        if busy and request.on_busy == "reject":
+            self.counts["rejected"] += 1
+            raise Busy(f"session {request.session_id!r} has a run in progress")
+        # Reserve the run's place before the first await so concurrent chats keep their order.
+        run = _Run(
+            request.run_id,
+            request.user_id,
+            request.session_id,
+            agent_index=self._next_agent % len(self._agents),
+        )
+        self._next_agent += 1
+        self._runs[run.run_id] = run
+        if busy and request.on_busy == "interrupt":
+            lane.queue.appendleft(run.run_id)
+        elif busy:
+            lane.queue.append(run.run_id)
+        else:
+            lane.active = run.run_id
+        try:
+            record = await self._store.begin_turn(
+                request.user_id,
+                request.session_id,
+                request.run_id,
+                request.text,
+                request.client_msg_id,
+            )
+        except BaseException:
+            self._forget_reservation(lane, run)
+            raise
+        if record.duplicate:
+            self._forget_reservation(lane, run)
+            self.counts["duplicates"] += 1
+            return [self._accepted(request, record.run_id, duplicate=True)]
+        self.counts["accepted"] += 1
+        run.prelude.append(self._accepted(request, run.run_id, duplicate=False))
+        run.subscribers = self._listeners(request.user_id, request.replica_id)
+        spec = RunSpec(
+            run_id=run.run_id,
+            user_id=run.user_id,
+            session_id=run.session_id,
+            text=request.text,
+            reply_message_id=record.reply_message_id,
+            agent=request.agent or "assistant",
+        )
+        run.spec = spec
+        if lane.active == run.run_id or run.cancel_requested:
+            self._launch(run)
+            return []
+        if request.on_busy == "interrupt" and lane.active is not None:
+            self.counts["interrupted"] += 1
+            await self.cancel(request.user_id, lane.active)
+        else:
+            self.counts["queued"] += 1
+            position = list(lane.queue).index(run.run_id) + 1
+            run.prelude.append(
+                {"type": RUN_QUEUED, "position": position, "run_id": run.run_id, "seq": 2}
+            )
+        sent = len(run.prelude)
+        run.subscribers[request.replica_id] = sent
+        return list(run.prelude)
+
+    @staticmethod
+    def _accepted(request: ChatRequest, run_id: str, *, duplicate: bool) -> Event:
+        return {
+            "type": RUN_ACCEPTED,
+            "session_id": request.session_id,
+            "client_msg_id": request.client_msg_id,
+            "duplicate": duplicate,
+            "run_id": run_id,
+            "seq": 1,
+        }
+
+    def _forget_reservation(self, lane: _Lane, run: _Run) -> None:
+        self._runs.pop(run.run_id, None)
+        if lane.active == run.run_id:
+            lane.active = None
+            self._advance(lane)
+        elif run.run_id in lane.queue:
+            lane.queue.remove(run.run_id)
+
+    def _launch(self, run: _Run) -> None:
+        run.status = "running"
+        run.task = asyncio.get_running_loop().create_task(
+            self._drive(run), name=f"drive-{run.run_id}"
+        )
+
+    async def _drive(self, run: _Run) -> None:
+        assert run.spec is not None
+        try:
+            context, history = UserContext(), []
+            if not run.cancel_requested:
+                context = await self.context(run.user_id)
+                history = await self._history(run.user_id, run.session_id, run.run_id)
+            spec = RunSpec(
+                **{
+                    **run.spec.__dict__,
+                    "history": history,
+                    "preferences": dict(context.preferences),
+                    "todos": list(context.todos),
+                    "prelude": list(run.prelude),
+                    "subscribers": list(run.subscribers.items()),
+                    "cancelled": run.cancel_requested,
+                }
+            )
+            outcome = await self._agents[run.agent_index].run_turn(spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("run %s was lost with its agent actor", run.run_id)
+            self.counts["lost"] += 1
+            outcome = RunOutcome(run.run_id, "failed", "", run.spec.reply_message_id)
+            try:
+                await self._store.finish_reply(run.spec.reply_message_id, "", "failed")
+            except Exception:
+                logger.exception("could not mark run %s failed", run.run_id)
+        await self.run_ended(run.user_id, outcome)
+
+    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
+        """An agent finished a run (called before its final event goes out; idempotent)."""
+        run = self._owned(user_id, outcome.run_id)
+        if run is None or run.ended_at is not None:
+            return
+        run.status = outcome.status
+        run.ended_at = self._clock()
+        if run.spec is not None:
+            self._remember_turn(run, run.spec.text, outcome.text)
+        lane = self._lanes.get((run.user_id, run.session_id))
+        if lane is not None and lane.active == run.run_id:
+            lane.active = None
+            self._advance(lane)
+            if lane.active is None and not lane.queue:
+                self._lanes.pop((run.user_id, run.session_id), None)
+
+    def _advance(self, lane: _Lane) -> None:
+        while lane.active is None and lane.queue:
+            run = self._runs.get(lane.queue.popleft())
+            if run is None:
+                continue
+            lane.active = run.run_id
+            if run.spec is not None:  # otherwise `chat` launches it once it is stored
+                self._launch(run)
+
+    async def cancel(self, user_id: str, run_id: str) -> list[Event]:
+        """Stop a run; a finished run answers with its final event; foreign runs are not found."""
+        self.counts["cancel_requests"] += 1
+        run = self._owned(user_id, run_id)
+        if run is None:
+            final = await self._final_from_store(user_id, run_id)
+            if final is None:
+                raise NotFound("no such run")
+            return [final]
+        if run.status == "queued":
+            # Start it already cancelled: its agent stores it and tells every listener.
+            run.cancel_requested = True
+            lane = self._lanes.get((run.user_id, run.session_id))
+            if lane is not None and run_id in lane.queue:
+                lane.queue.remove(run_id)
+            if run.spec is not None:
+                self._launch(run)
+            return []
+        if run.status == "running":
+            run.cancel_requested = True
+            await self._agents[run.agent_index].cancel(run_id)
+            return []
+        final = await self._final_event(run)
+        return [] if final is None else [final]
+
+    async def _final_event(self, run: _Run) -> Event | None:
+        final = await self._agents[run.agent_index].final_event(run.run_id)
+        return final if final is not None else await self._final_from_store(run.user_id, run.run_id)
+
+    async def _final_from_store(self, user_id: str, run_id: str) -> Event | None:
+        row = await self._store.run_record(user_id, run_id)
+        if row is None or row["status"] not in ("completed", "cancelled", "failed"):
+            return None
+        seq = row.get("final_seq") or 0
+        if row["status"] == "failed":
+            event = run_failed(row.get("error_code") or "internal", "the run failed")
+        else:
+            kind = RUN_COMPLETED if row["status"] == "completed" else RUN_CANCELLED
+            event = {"type": kind, "message_id": row["id"], "text": row["text"]}
+        return {**event, "run_id": run_id, "seq": seq}
+
+    async def resume(
+        self, user_id: str, run_id: str, after_seq: int, replica_id: str
+    ) -> list[Event]:
+        """Events of a run after `after_seq`, and the live tail to `replica_id` from then on."""
+        run = self._owned(user_id, run_id)
+        if run is None:
+            final = await self._final_from_store(user_id, run_id)
+            if final is None:
+                raise NotFound("no such run")
+            self.counts["resumed"] += 1
+            return [final] if final["seq"] > after_seq else []
+        self.counts["resumed"] += 1
+        if run.status == "queued":
+            run.subscribers[replica_id] = max(after_seq, len(run.prelude))
+            return [e for e in run.prelude if e["seq"] > after_seq]
+        events = await self._agents[run.agent_index].replay_and_subscribe(
+            run_id, after_seq, replica_id
+        )
+        if events is not None:
+            return events
+        final = await self._final_from_store(user_id, run_id)
+        return [final] if final is not None and final["seq"] > after_seq else []
+
+    async def streaming_texts(self, user_id: str, run_ids: list[str]) -> dict[str, str]:
+        """The reply text so far of the user's runs in flight."""
+        by_agent: dict[int, list[str]] = {}
+        for run_id in run_ids:
+            run = self._owned(user_id, run_id)
+            if run is not None and run.status == "running":
+                by_agent.setdefault(run.agent_index, []).append(run_id)
+        texts: dict[str, str] = {}
+        for index, ids in by_agent.items():
+            texts.update(await self._agents[index].texts(ids))
+        return texts
+
+    # -- housekeeping ---------------------------------------------------------
+    async def cleanup(self) -> dict[str, int]:
+        """Drop expired contexts and the records of runs finished long ago."""
+        now = self._clock()
+        grace = self._settings.run_grace_s
+        old = [
+            r
+            for r, run in self._runs.items()
+            if run.ended_at is not None and now - run.ended_at >= grace
+        ]
+        for run_id in old:
+            del self._runs[run_id]
+        return {"contexts": self.contexts.cleanup(), "runs": len(old)}
+
+    async def stop(self) -> None:
+        """Wait for the drive tasks of running runs (their agents store them)."""
+        tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        """This shard's users, caches, runs and connections."""
+        statuses: dict[str, int] = {}
+        for run in self._runs.values():
+            statuses[run.status] = statuses.get(run.status, 0) + 1
+        session_total = self.session_hits + self.session_misses
+        return {
+            "shard": self.index,
+            "users": len({run.user_id for run in self._runs.values()} | set(self._presence)),
+            "connected_users": len(self._presence),
+            "connections": {
+                "active": sum(sum(r.values()) for r in self._presence.values()),
+                **self.connections,
+            },
+            "runs": statuses,
+            "queued": sum(len(lane.queue) for lane in self._lanes.values()),
+            "counts": dict(self.counts),
+            "user_context_cache": self.contexts.stats(),
+            "session_cache": {
+                "size": len(self._histories),
+                "hits": self.session_hits,
+                "misses": self.session_misses,
+                "hit_rate": round(self.session_hits / session_total, 4) if session_total else 0.0,
+            },
+        }

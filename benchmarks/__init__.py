@@ -1,0 +1,1 @@
+"""raychat benchmark suite."""

@@ -1,0 +1,1 @@
+"""Baseline systems the benchmarks compare raychat against."""

@@ -1,0 +1,74 @@
+"""The `RAYCHAT_*` settings of PROTOCOL.md as one validated, immutable object.
+
+`Settings()` reads the environment once; every actor and the ingress receive
+the same object as a constructor argument instead of reading globals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/raychat.db"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; names map to `RAYCHAT_<NAME>` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="RAYCHAT_", frozen=True, extra="ignore")
+
+    # Storage and identity.
+    database_url: str = DEFAULT_DATABASE_URL
+    data_dir: Path = Path("./data")
+    secret: SecretStr | None = None
+    token_issuer: str = "raychat"
+    token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    namespace: str = "raychat"
+
+    # Actors.
+    shards: int = Field(default=4, ge=1, le=256)
+    agent_actors: int = Field(default=2, ge=1, le=64)
+    context_ttl_s: float = Field(default=600.0, gt=0)
+    context_cache_max: int = Field(default=100_000, ge=1)
+    session_cache_max: int = Field(default=20_000, ge=1)
+    history_messages: int = Field(default=20, ge=0, le=1000)
+
+    # Streaming.
+    coalesce_ms: float = Field(default=30.0, ge=0, le=1000)
+    poll_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    outbound_queue_max: int = Field(default=1024, ge=8)
+    run_grace_s: float = Field(default=300.0, ge=0)
+    run_timeout_s: float = Field(default=300.0, gt=0)
+    max_turns: int = Field(default=8, ge=1, le=100)
+
+    # Input limits.
+    max_frame_bytes: int = Field(default=64 * 1024, ge=256)
+    max_text_chars: int = Field(default=8000, ge=1)
+
+    # Persistence.
+    persist_queue_max: int = Field(default=10_000, ge=1)
+    persist_batch_max: int = Field(default=256, ge=1)
+    persist_flush_ms: float = Field(default=5.0, ge=0, le=1000)
+
+    # Models.
+    model: Literal["simulated", "openai"] = "simulated"
+    sim_ttft_ms: float = Field(default=200.0, ge=0)
+    sim_tokens_per_s: float = Field(default=50.0, gt=0)
+    sim_reply_tokens: int = Field(default=40, ge=1, le=100_000)
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_model: str | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_a_model(self) -> Settings:
+        if self.model == "openai" and not self.openai_model:
+            raise ValueError("RAYCHAT_MODEL=openai needs RAYCHAT_OPENAI_MODEL")
+        return self
+
+    @property
+    def secret_file(self) -> Path:
+        """Where the generated token secret lives when `RAYCHAT_SECRET` is unset."""
+        return self.data_dir / "secret"

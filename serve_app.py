@@ -1,0 +1,134 @@
+"""raychat's Ray Serve application: the FastAPI WebSocket and HTTP ingress.
+
+`serve run serve_app:app` starts it with the embedded defaults;
+`serve run config/serve.yaml` does the same from a Serve config file.
+"""
+
+import logging
+import os
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from actors.auth import AuthError, Identity, TokenCodec, bearer_token, codec_for
+from actors.factory import ensure_actors
+from actors.ingress import IngressCore
+from actors.messages import SESSION_ID_PATTERN
+from config import Settings
+
+os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+logger = logging.getLogger("raychat.ingress")
+
+CLOSE_UNAUTHENTICATED = 4401
+api = FastAPI(title="raychat", version="1")
+
+
+def _token(request_token: str | None, authorization: str | None) -> str | None:
+    return request_token or bearer_token(authorization)
+
+
+@serve.deployment(
+    # Each open WebSocket holds one slot for its whole life: allow thousands per
+    # replica, and answer overflow with 503 instead of queueing it forever.
+    max_ongoing_requests=4096,
+    max_queued_requests=256,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=20,
+)
+@serve.ingress(api)
+class RaychatIngress:
+    """One ingress replica: authenticates, parses and streams; holds no lasting state."""
+
+    async def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.codec: TokenCodec = codec_for(self.settings)
+        self.core = IngressCore(self.settings, ensure_actors(self.settings))
+        self.core.start()
+
+    async def __del__(self) -> None:
+        await self.core.stop()
+
+    def _identity(self, token: str | None) -> Identity:
+        try:
+            return self.codec.verify(token)
+        except AuthError as exc:
+            raise HTTPException(status_code=401, detail=exc.message) from None
+
+    def _http_identity(self, request: Request) -> Identity:
+        return self._identity(
+            _token(request.query_params.get("token"), request.headers.get("authorization"))
+        )
+
+    def _admin(self, request: Request) -> Identity:
+        identity = self._http_identity(request)
+        if not identity.admin:
+            raise HTTPException(status_code=403, detail="admin token required")
+        return identity
+
+    @api.websocket("/api/websocket/ws")
+    async def websocket(self, websocket: WebSocket) -> None:
+        """The chat stream of PROTOCOL.md."""
+        await websocket.accept()
+        token = _token(websocket.query_params.get("token"), websocket.headers.get("authorization"))
+        try:
+            identity = self.codec.verify(token)
+        except AuthError:
+            await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
+            return
+        await self.core.serve_socket(websocket, identity)
+
+    @api.get("/api/websocket/performance/stats")
+    async def stats(self, request: Request) -> dict[str, Any]:
+        """Service statistics (admin)."""
+        self._admin(request)
+        return await self.core.stats()
+
+    @api.post("/api/websocket/performance/cleanup")
+    async def cleanup(self, request: Request) -> dict[str, Any]:
+        """Drop expired cache entries and finished run buffers (admin)."""
+        self._admin(request)
+        return {"removed": await self.core.cleanup()}
+
+    @api.post("/api/websocket/performance/refresh_user_context/{user_id}")
+    async def refresh_user_context(self, user_id: str, request: Request) -> dict[str, Any]:
+        """Reload one user's context from the database (admin or that user)."""
+        identity = self._http_identity(request)
+        if not identity.admin and identity.user_id != user_id:
+            raise HTTPException(status_code=403, detail="may not refresh another user's context")
+        return await self.core.refresh_context(user_id)
+
+    @api.get("/api/history")
+    async def history(
+        self,
+        request: Request,
+        session_id: Annotated[str, Query(pattern=SESSION_ID_PATTERN)] = "default",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        """A session's messages, oldest first (the session owner's token)."""
+        identity = self._http_identity(request)
+        return await self.core.history(identity.user_id, session_id, limit, before)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """200 while the process is up."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """200 once the actors and the database answer, 503 otherwise."""
+        try:
+            ready = await self.core.ready()
+        except Exception:
+            logger.warning("readiness check failed", exc_info=True)
+            ready = False
+        status = 200 if ready else 503
+        return JSONResponse({"ready": ready}, status_code=status)
+
+
+
+
+app = RaychatIngress.bind()
