@@ -12,7 +12,8 @@ from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from actors.auth import AuthError, Identity, TokenCodec, bearer_token, codec_for
+from actors.auth import Identity, TokenCodec, bearer_token, codec_for
+from actors.errors import AuthError
 from actors.factory import ensure_actors
 from actors.ingress import IngressCore
 from actors.messages import SESSION_ID_PATTERN
@@ -42,7 +43,7 @@ def _token(request_token: str | None, authorization: str | None) -> str | None:
 class RaychatIngress:
     """One ingress replica: authenticates, parses and streams; holds no lasting state."""
 
-    async def __init__(self, settings: Settings | None = None) -> None:
+    async def __init__(self, settings: Settings | None = None) -> None:  # type: ignore[misc]
         self.settings = settings or Settings()
         self.codec: TokenCodec = codec_for(self.settings)
         self.core = IngressCore(self.settings, ensure_actors(self.settings))
@@ -129,6 +130,4 @@ class RaychatIngress:
         return JSONResponse({"ready": ready}, status_code=status)
 
 
-
-
-app = RaychatIngress.bind()
+app = RaychatIngress.bind()  # type: ignore[attr-defined]

@@ -94,9 +94,21 @@ def make_model(settings: Settings) -> Model:
     from agents import OpenAIChatCompletionsModel
     from openai import AsyncOpenAI
 
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unset"
-    client = AsyncOpenAI(base_url=settings.openai_base_url, api_key=api_key)
-    return OpenAIChatCompletionsModel(model=settings.openai_model or "", openai_client=client)
+    class _ClosingChatCompletionsModel(OpenAIChatCompletionsModel):
+        """Closes its HTTP client with the model."""
+
+        async def close(self) -> None:
+            await client.close()
+
+    # Endpoints such as a local vLLM or Ollama take any key; the client insists on one.
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+    client = AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=api_key,
+        max_retries=settings.openai_max_retries,
+        timeout=settings.openai_timeout_s,
+    )
+    return _ClosingChatCompletionsModel(model=settings.openai_model or "", openai_client=client)
 
 
 class AgentManager:
@@ -154,8 +166,14 @@ class AgentManager:
                 self._execute(spec), name=f"run-{spec.run_id}"
             )
             self._tasks[spec.run_id] = task
-            task.add_done_callback(lambda _t, run_id=spec.run_id: self._tasks.pop(run_id, None))
+            task.add_done_callback(self._forget_task)
         return await asyncio.shield(task)
+
+    def _forget_task(self, task: asyncio.Task[RunOutcome]) -> None:
+        run_id = task.get_name().removeprefix("run-")
+        self._tasks.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("run task %s crashed", run_id, exc_info=task.exception())
 
     async def cancel(self, run_id: str) -> bool:
         """Ask a running run to stop; False if this actor is not running it."""
@@ -289,6 +307,7 @@ class AgentManager:
             await self.cancel(run_id)
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.model.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters and latency samples of this actor (merged by the ingress)."""

@@ -123,7 +123,9 @@ class IngressCore:
                 task.cancel()
             for result in await asyncio.gather(sender, watchdog, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect):
-                    logger.warning("socket task of %s ended with an error", user_id, exc_info=result)
+                    logger.warning(
+                        "socket task of %s ended with an error", user_id, exc_info=result
+                    )
             try:
                 await shard.disconnect.remote(user_id, self.replica_id)
             except Exception:

@@ -65,6 +65,11 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _new_id(result: Any) -> int:
+    """The primary key an INSERT just created."""
+    return int(result.inserted_primary_key[0])
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for `url`; SQLite gets its folder created and WAL switched on."""
     path = _sqlite_path(url)
@@ -201,9 +206,7 @@ class Persistence:
                     updated_at=now,
                 )
             )
-            return TurnRecord(
-                run_id, user_row.inserted_primary_key[0], reply_row.inserted_primary_key[0]
-            )
+            return TurnRecord(run_id, _new_id(user_row), _new_id(reply_row))
 
         record: TurnRecord = await self._write(op)
         return record
@@ -245,7 +248,7 @@ class Persistence:
                     user_id=user_id, text=text_, done=False, created_at=time.time()
                 )
             )
-            return {"id": result.inserted_primary_key[0], "text": text_, "done": False}
+            return {"id": _new_id(result), "text": text_, "done": False}
 
         todo: dict[str, Any] = await self._write(op)
         return todo

@@ -2,7 +2,8 @@
 
 The plan is either a function call (a tool or a handoff) or a text reply. The
 intents of PROTOCOL.md map to the real tools; everything else gets a
-deterministic reply of `reply_tokens` tokens seeded by the user's text.
+deterministic reply of `reply_tokens` tokens seeded by the user's text ("... in
+N words" asks for N tokens instead, for long-reply tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ _INTENTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bI prefer\s+(?P<text>.+)", re.I | re.S), "set_preference"),
 )
 _ABOUT_ME = re.compile(r"\bwhat do you know about me\b", re.I)
+_LENGTH = re.compile(r"\bin (\d{1,4}) words\b", re.I)
+MAX_REQUESTED_TOKENS = 5000
 
 
 def tokenize(text: str) -> tuple[str, ...]:
@@ -228,4 +231,7 @@ def plan_reply(
         todos = _context_line(instructions, CONTEXT_TODOS_PREFIX)
         prefs = _context_line(instructions, CONTEXT_PREFS_PREFIX)
         return TextPlan(tokenize(f"Your open todos: {todos}. Your preferences: {prefs}."))
+    asked = _LENGTH.search(user_text)
+    if asked is not None:
+        reply_tokens = max(1, min(int(asked.group(1)), MAX_REQUESTED_TOKENS))
     return TextPlan(filler_reply(user_text, reply_tokens))

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_model: str | None = None
+    openai_max_retries: int = Field(default=2, ge=0, le=10)
+    openai_timeout_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _openai_needs_a_model(self) -> Settings:

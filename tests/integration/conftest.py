@@ -1,0 +1,114 @@
+"""One Ray cluster and one Serve app for the whole integration test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from actors.auth import TokenCodec
+from config import Settings
+
+TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
+APP_NAME = "raychat"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """The running service under test."""
+
+    settings: Settings
+    port: int
+    db_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, user_id: str, admin: bool = False) -> str:
+        codec = TokenCodec(TEST_SECRET, issuer=self.settings.token_issuer, ttl_s=3600)
+        return codec.issue(user_id, admin=admin)
+
+    def ws_url(self, user_id: str | None, admin: bool = False) -> str:
+        base = f"ws://127.0.0.1:{self.port}/api/websocket/ws"
+        return base if user_id is None else f"{base}?token={self.token(user_id, admin)}"
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Read the real SQLite file directly."""
+        with sqlite3.connect(self.db_path) as conn:
+            return conn.execute(sql, args).fetchall()
+
+
+def wait_ready(url: str, deadline_s: float = 120.0) -> None:
+    """Block until `/readyz` answers 200 (bounded)."""
+    end = time.monotonic() + deadline_s
+    last: object = None
+    while time.monotonic() < end:
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)  # polling a readiness endpoint, not synchronising test logic
+    raise RuntimeError(f"service not ready: {last}")
+
+
+def deploy(settings: Settings) -> None:
+    """Deploy (or redeploy) the Serve app with `settings`."""
+    from ray import serve
+
+    from serve_app import RaychatIngress
+
+    serve.run(RaychatIngress.bind(settings), name=APP_NAME, route_prefix="/")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
+    data = tmp_path_factory.mktemp("raychat-data")
+    db_path = data / "raychat.db"
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{db_path}",
+        data_dir=data,
+        secret=SecretStr(TEST_SECRET),
+        namespace="raychat-test-" + uuid.uuid4().hex[:8],
+        shards=2,
+        agent_actors=2,
+        sim_ttft_ms=50,
+        sim_tokens_per_s=100,
+        sim_reply_tokens=10,
+        run_grace_s=2.0,
+    )
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deploy(settings)
+        svc = Service(settings=settings, port=port, db_path=db_path)
+        wait_ready(svc.http)
+        yield svc
+    finally:
+        serve.shutdown()
+        ray.shutdown()
