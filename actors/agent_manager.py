@@ -52,6 +52,7 @@ class RunSpec:
     prelude: list[Event] = field(default_factory=list)
     subscribers: list[tuple[str, int]] = field(default_factory=list)
     cancelled: bool = False  # cancelled while queued: store and announce, run nothing
+    owner: Any = None  # the run's shard (a RunOwner, or an actor handle to one)
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,22 @@ class ReplyStore(Protocol):
     ) -> None: ...
 
 
-class RunObserver(Protocol):
-    """Told that a run ended, before its final event is published."""
+class RunOwner(Protocol):
+    """The shard a run belongs to: told of context changes and of the run's end."""
+
+    async def invalidate_context(self, user_id: str) -> bool: ...
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None: ...
+
+
+class _NoOwner:
+    """Stands in when a run has no owner (direct use of the manager, tests)."""
+
+    async def invalidate_context(self, user_id: str) -> bool:
+        return False
+
+    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
+        return None
 
 
 def make_model(settings: Settings) -> Model:
@@ -120,14 +133,14 @@ class AgentManager:
         *,
         services: ToolServices,
         store: ReplyStore,
-        observer: RunObserver,
+        observer: RunOwner | None = None,
         model: Model | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._services = services
         self._store = store
-        self._observer = observer
+        self._observer: RunOwner = observer or _NoOwner()
         self.model = model or make_model(settings)
         self._agents: dict[str, Agent[ChatContext]] = build_agents(self.model)
         self.instances_created = len(self._agents)
@@ -143,6 +156,9 @@ class AgentManager:
         self.ttft_ms = LatencyWindow()
         self.processing_ms = LatencyWindow()
         self._run_config = RunConfig(tracing_disabled=True)
+        self.housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
+        self._last_housekeeping = clock()
+        self.buffers_expired = 0
 
     def agent(self, name: str) -> Agent[ChatContext]:
         """The shared agent called `name` (KeyError if there is none)."""
@@ -168,6 +184,15 @@ class AgentManager:
             self._tasks[spec.run_id] = task
             task.add_done_callback(self._forget_task)
         return await asyncio.shield(task)
+
+    def owner_of(self, spec: RunSpec) -> RunOwner:
+        """The owner to notify for `spec`: its `owner`, else the manager's observer."""
+        return self._observer if spec.owner is None else self.wrap_owner(spec.owner)
+
+    def wrap_owner(self, owner: Any) -> RunOwner:
+        """Turn `RunSpec.owner` into a `RunOwner` (actor wiring wraps handles here)."""
+        owner_port: RunOwner = owner
+        return owner_port
 
     def _forget_task(self, task: asyncio.Task[RunOutcome]) -> None:
         run_id = task.get_name().removeprefix("run-")
@@ -196,7 +221,13 @@ class AgentManager:
         try:
             agent = self.agent(spec.agent)
             self.hub.emit(spec.run_id, {"type": RUN_STARTED, "agent": agent.name})
-            context = ChatContext(spec.user_id, self._services, spec.preferences, spec.todos)
+            context = ChatContext(
+                spec.user_id,
+                self._services,
+                spec.preferences,
+                spec.todos,
+                context_changed=self.owner_of(spec).invalidate_context,
+            )
             items: list[Any] = [*spec.history, {"role": "user", "content": spec.text}]
             stream = Runner.run_streamed(
                 agent,
@@ -246,7 +277,7 @@ class AgentManager:
             status, error = "failed", ("internal", "the reply could not be stored")
         outcome = RunOutcome(spec.run_id, status, text, spec.reply_message_id)
         try:
-            await self._observer.run_ended(spec.user_id, outcome)
+            await self.owner_of(spec).run_ended(spec.user_id, outcome)
         except Exception:
             logger.exception("could not tell the shard that run %s ended", spec.run_id)
         final: Event
@@ -267,7 +298,16 @@ class AgentManager:
 
     # -- event delivery ---------------------------------------------------
     async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:
-        """The new events of every run `replica_id` subscribes to, in one batch."""
+        """The new events of every run `replica_id` subscribes to, in one batch.
+
+        Polls also drive housekeeping: finished run buffers past their grace
+        period are dropped every `housekeeping_s`, so memory stays bounded
+        without a timer task of its own.
+        """
+        now = self._clock()
+        if now - self._last_housekeeping >= self.housekeeping_s:
+            self._last_housekeeping = now
+            self.buffers_expired += self.hub.cleanup()
         return await self.hub.poll(replica_id, timeout_s)
 
     async def subscribe(self, replica_id: str, run_id: str, after_seq: int) -> bool:
@@ -299,7 +339,9 @@ class AgentManager:
 
     async def cleanup(self) -> int:
         """Drop finished run buffers past their grace period; return how many."""
-        return self.hub.cleanup()
+        removed = self.hub.cleanup()
+        self.buffers_expired += removed
+        return removed
 
     async def stop(self) -> None:
         """Cancel every run in flight and wait until each has stored its partial reply."""
@@ -317,6 +359,7 @@ class AgentManager:
             "instances_created": self.instances_created,
             "active": self.hub.active_runs,
             "buffered_runs": self.hub.buffered_runs,
+            "buffers_expired": self.buffers_expired,
             "polls": self.hub.polls,
             "events_sent": self.hub.events_sent,
             "tokens_emitted": getattr(self.model, "tokens_emitted", None),

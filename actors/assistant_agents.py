@@ -6,6 +6,7 @@ Per-user state never lives on an agent: it arrives in the run context
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,17 +31,21 @@ class ToolServices(Protocol):
 
     async def load_context(self, user_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]: ...
 
-    async def context_changed(self, user_id: str) -> None: ...
+
+async def _nothing_cached(user_id: str) -> None:
+    return None
 
 
 @dataclass
 class ChatContext:
-    """The run context: who is talking and what we know about them."""
+    """The run context: who is talking, what we know about them, whom to tell of changes."""
 
     user_id: str
     services: ToolServices
     preferences: dict[str, str] = field(default_factory=dict)
     todos: list[dict[str, Any]] = field(default_factory=list)
+    # Called after a tool changed the user's context (the shard drops its cached copy).
+    context_changed: Callable[[str], Awaitable[Any]] = _nothing_cached
 
 
 def _json(value: Any) -> str:
@@ -62,7 +67,7 @@ async def add_todo(ctx: RunContextWrapper[ChatContext], text: str) -> str:
         text: What the user wants to do.
     """
     todo = await ctx.context.services.add_todo(ctx.context.user_id, text)
-    await ctx.context.services.context_changed(ctx.context.user_id)
+    await ctx.context.context_changed(ctx.context.user_id)
     return _json(todo)
 
 
@@ -82,7 +87,7 @@ async def complete_todo(ctx: RunContextWrapper[ChatContext], todo_id: int) -> st
     """
     todo = await ctx.context.services.complete_todo(ctx.context.user_id, todo_id)
     if todo is not None:
-        await ctx.context.services.context_changed(ctx.context.user_id)
+        await ctx.context.context_changed(ctx.context.user_id)
     return _json(todo or {"error": f"no todo #{todo_id}"})
 
 
@@ -95,7 +100,7 @@ async def set_preference(ctx: RunContextWrapper[ChatContext], key: str, value: s
         value: The preference in the user's words.
     """
     stored = await ctx.context.services.set_preference(ctx.context.user_id, key, value)
-    await ctx.context.services.context_changed(ctx.context.user_id)
+    await ctx.context.context_changed(ctx.context.user_id)
     return _json(stored)
 
 

@@ -19,7 +19,7 @@ from actors.errors import AuthError
 from config import Settings
 
 ALGORITHM = "HS256"
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")  # use with fullmatch
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class TokenCodec:
 
     def issue(self, user_id: str, *, admin: bool = False, now: float | None = None) -> str:
         """A signed token for `user_id`."""
-        if not USER_ID_PATTERN.match(user_id):
+        if not USER_ID_PATTERN.fullmatch(user_id):
             raise ValueError("user id must be 1-128 characters of A-Z a-z 0-9 _ . @ -")
         issued = int(time.time() if now is None else now)
         claims = {
@@ -95,7 +95,7 @@ class TokenCodec:
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
         user_id = claims.get("sub")
-        if not isinstance(user_id, str) or not USER_ID_PATTERN.match(user_id):
+        if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
             raise AuthError("invalid token")
         return Identity(user_id=user_id, admin=claims.get("adm") is True)
 

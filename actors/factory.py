@@ -8,14 +8,13 @@ replica calls `ensure_actors`, which creates the actors once or finds them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from actors.agent_manager import AgentManager, RunOutcome
+from actors.agent_manager import AgentManager, RunOwner
 from actors.assistant_agents import AGENT_NAMES
 from actors.persistence import Persistence
 from actors.sharding import shard_for
@@ -43,6 +42,8 @@ class RemoteCaller:
         self.handle = handle
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "handle":
+            raise AttributeError(name)
         method = getattr(self.handle, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -57,32 +58,11 @@ def actor_name(settings: Settings, kind: str, index: int | None = None) -> str:
     return f"raychat-{kind}" if index is None else f"raychat-{kind}-{index}"
 
 
-class ShardDirectory:
-    """Finds shard actors by name, once each, without blocking the event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._handles: dict[int, Any] = {}
-
-    async def shard(self, user_id: str) -> RemoteCaller:
-        """The shard that owns `user_id`."""
-        index = shard_for(user_id, self._settings.shards)
-        handle = self._handles.get(index)
-        if handle is None:
-            name = actor_name(self._settings, "shard", index)
-            handle = await asyncio.to_thread(
-                ray.get_actor, name, namespace=self._settings.namespace
-            )
-            self._handles[index] = handle
-        return RemoteCaller(handle)
-
-
 class _HandleServices:
-    """`ToolServices` and `RunObserver` over actor handles."""
+    """`ToolServices` and `ReplyStore` over the persistence actor's handle."""
 
-    def __init__(self, persistence: Any, shards: ShardDirectory) -> None:
+    def __init__(self, persistence: Any) -> None:
         self._db = RemoteCaller(persistence)
-        self._shards = shards
 
     async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._db.add_todo(user_id, text)
@@ -100,12 +80,6 @@ class _HandleServices:
         context = await self._db.load_context(user_id)
         return context.preferences, context.todos
 
-    async def context_changed(self, user_id: str) -> None:
-        await (await self._shards.shard(user_id)).invalidate_context(user_id)
-
-    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
-        await (await self._shards.shard(user_id)).run_ended(user_id, outcome)
-
     async def finish_reply(
         self,
         reply_message_id: int,
@@ -118,11 +92,19 @@ class _HandleServices:
 
 
 class AgentActor(AgentManager):
-    """An agent manager whose tools, store and observer are other actors."""
+    """An agent manager whose tools and store are the persistence actor.
+
+    Each run's owner arrives in its `RunSpec` as the shard actor's own handle.
+    """
 
     def __init__(self, settings: Settings, persistence: Any) -> None:
-        services = _HandleServices(persistence, ShardDirectory(settings))
-        super().__init__(settings, services=services, store=services, observer=services)
+        services = _HandleServices(persistence)
+        super().__init__(settings, services=services, store=services)
+
+    def wrap_owner(self, owner: Any) -> RunOwner:
+        """Call the owning shard actor through its handle."""
+        port: RunOwner = RemoteCaller(owner)
+        return port
 
     async def ping(self) -> bool:
         """Liveness for `/readyz`."""
@@ -140,6 +122,13 @@ class ShardActor(UserShard):
             agents=[RemoteCaller(agent) for agent in agents],
             agent_names=AGENT_NAMES,
         )
+        self._handle: Any = None
+
+    def owner_ref(self) -> Any:
+        """This shard actor's own handle, which agents call back."""
+        if self._handle is None:
+            self._handle = ray.get_runtime_context().current_actor
+        return self._handle
 
     async def ping(self) -> bool:
         """Liveness for `/readyz`."""

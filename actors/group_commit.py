@@ -48,8 +48,10 @@ class GroupCommitter(Generic[C]):
         queue_max: int,
         batch_max: int,
         flush_s: float,
+        on_rollback: Callable[[], None] | None = None,
     ) -> None:
         self._transaction = transaction
+        self._on_rollback = on_rollback
         self._queue: asyncio.Queue[_Pending[C]] = asyncio.Queue(maxsize=queue_max)
         self._batch_max = batch_max
         self._flush_s = flush_s
@@ -122,6 +124,8 @@ class GroupCommitter(Generic[C]):
             async with self._transaction() as conn:
                 results = [await item.op(conn) for item in batch]
         except Exception as exc:
+            if self._on_rollback is not None:
+                self._on_rollback()  # state derived from the rolled-back writes is void
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return

@@ -91,11 +91,17 @@ class Persistence:
             queue_max=settings.persist_queue_max,
             batch_max=settings.persist_batch_max,
             flush_s=settings.persist_flush_ms / 1000,
+            on_rollback=self._forget_known,
         )
         self._schema_ready: asyncio.Future[None] | None = None
         self._known_users: set[str] = set()
         self._known_sessions: set[tuple[str, str]] = set()
         self.reads = 0
+
+    def _forget_known(self) -> None:
+        # A failed batch rolled back the user and session rows it may have added.
+        self._known_users.clear()
+        self._known_sessions.clear()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -370,7 +376,12 @@ class Persistence:
             row = (
                 await conn.execute(
                     select(
-                        messages.c.id, messages.c.text, messages.c.status, messages.c.session_id
+                        messages.c.id,
+                        messages.c.text,
+                        messages.c.status,
+                        messages.c.session_id,
+                        messages.c.final_seq,
+                        messages.c.error_code,
                     ).where(
                         messages.c.run_id == run_id,
                         messages.c.user_id == user_id,

@@ -135,6 +135,8 @@ class UserShard:
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._presence: dict[str, dict[str, int]] = {}
         self._next_agent = 0
+        self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
+        self._last_housekeeping = clock()
         self.counts = {
             "accepted": 0,
             "duplicates": 0,
@@ -223,6 +225,7 @@ class UserShard:
         queued runs); the events of a run that starts at once come from its
         agent actor.
         """
+        self._housekeep()
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
         key = (request.user_id, request.session_id)
@@ -330,6 +333,7 @@ class UserShard:
                     "prelude": list(run.prelude),
                     "subscribers": list(run.subscribers.items()),
                     "cancelled": run.cancel_requested,
+                    "owner": self.owner_ref(),
                 }
             )
             outcome = await self._agents[run.agent_index].run_turn(spec)
@@ -344,6 +348,10 @@ class UserShard:
             except Exception:
                 logger.exception("could not mark run %s failed", run.run_id)
         await self.run_ended(run.user_id, outcome)
+
+    def owner_ref(self) -> Any:
+        """What agents call back for this shard's runs (actor wiring: its own handle)."""
+        return self
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
         """An agent finished a run (called before its final event goes out; idempotent)."""
@@ -447,18 +455,28 @@ class UserShard:
         return texts
 
     # -- housekeeping ---------------------------------------------------------
-    async def cleanup(self) -> dict[str, int]:
-        """Drop expired contexts and the records of runs finished long ago."""
+    def _housekeep(self) -> None:
         now = self._clock()
+        if now - self._last_housekeeping >= self._housekeeping_s:
+            self._last_housekeeping = now
+            self._drop_finished_runs(now)
+            self.contexts.cleanup()
+
+    def _drop_finished_runs(self, now: float) -> int:
         grace = self._settings.run_grace_s
         old = [
-            r
-            for r, run in self._runs.items()
+            run_id
+            for run_id, run in self._runs.items()
             if run.ended_at is not None and now - run.ended_at >= grace
         ]
         for run_id in old:
             del self._runs[run_id]
-        return {"contexts": self.contexts.cleanup(), "runs": len(old)}
+        return len(old)
+
+    async def cleanup(self) -> dict[str, int]:
+        """Drop expired contexts and the records of runs finished long ago."""
+        runs = self._drop_finished_runs(self._clock())
+        return {"contexts": self.contexts.cleanup(), "runs": runs}
 
     async def stop(self) -> None:
         """Wait for the drive tasks of running runs (their agents store them)."""

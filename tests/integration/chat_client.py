@@ -105,8 +105,8 @@ class ChatClient:
             event = await self.recv()
             if run_id is None and event["type"] == "run.accepted":
                 run_id = event["run_id"]
-            if event["type"] == "error" and run_id is None:
-                raise AssertionError(f"error instead of a run: {event}")
+            if event["type"] == "error":
+                raise AssertionError(f"error while waiting for run {run_id}: {event}")
 
     async def turn(self, text: str, **fields: Any) -> RunLog:
         """Send a chat and read until its run ends."""

@@ -21,6 +21,7 @@ from config import Settings
 
 TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
 APP_NAME = "raychat"
+REPLICAS = 2
 
 
 def _free_port() -> int:
@@ -48,6 +49,18 @@ class Service:
     def ws_url(self, user_id: str | None, admin: bool = False) -> str:
         base = f"ws://127.0.0.1:{self.port}/api/websocket/ws"
         return base if user_id is None else f"{base}?token={self.token(user_id, admin)}"
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token('test-admin', admin=True)}"}
+
+    def stats(self) -> dict[str, Any]:
+        """The stats document, fetched synchronously."""
+        response = httpx.get(
+            f"{self.http}/api/websocket/performance/stats", headers=self.admin_headers(), timeout=30
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Read the real SQLite file directly."""
@@ -77,7 +90,9 @@ def deploy(settings: Settings) -> None:
 
     from serve_app import RaychatIngress
 
-    serve.run(RaychatIngress.bind(settings), name=APP_NAME, route_prefix="/")
+    # Two replicas: a user's sockets and resumes may land on either, as in production.
+    app = RaychatIngress.options(num_replicas=REPLICAS).bind(settings)
+    serve.run(app, name=APP_NAME, route_prefix="/")
 
 
 @pytest.fixture(scope="session")

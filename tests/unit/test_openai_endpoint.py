@@ -233,9 +233,6 @@ class FakeServices:
     async def load_context(self, user_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
         return {}, self.todos
 
-    async def context_changed(self, user_id: str) -> None:
-        return None
-
 
 class FakeStore:
     def __init__(self) -> None:
@@ -255,6 +252,11 @@ class FakeStore:
 class FakeObserver:
     def __init__(self) -> None:
         self.ended: list[tuple[str, RunOutcome]] = []
+        self.invalidated: list[str] = []
+
+    async def invalidate_context(self, user_id: str) -> bool:
+        self.invalidated.append(user_id)
+        return True
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
         self.ended.append((user_id, outcome))
