@@ -23,6 +23,7 @@ os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 logger = logging.getLogger("raychat.ingress")
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TRY_AGAIN_LATER = 1013
 api = FastAPI(title="raychat", version="1")
 
 
@@ -72,6 +73,9 @@ class RaychatIngress:
     @api.websocket("/api/websocket/ws")
     async def websocket(self, websocket: WebSocket) -> None:
         """The chat stream of PROTOCOL.md."""
+        if self.core.full:
+            await self._refuse_full(websocket)
+            return
         await websocket.accept()
         token = _token(websocket.query_params.get("token"), websocket.headers.get("authorization"))
         try:
@@ -80,6 +84,15 @@ class RaychatIngress:
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
         await self.core.serve_socket(websocket, identity)
+
+    async def _refuse_full(self, websocket: WebSocket) -> None:
+        """503 before the handshake where the server can say so, else close 1013."""
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            body = {"error": {"code": "busy", "message": "too many open sockets, retry later"}}
+            await websocket.send_denial_response(JSONResponse(body, status_code=503))
+        else:
+            await websocket.accept()
+            await websocket.close(CLOSE_TRY_AGAIN_LATER, "too many open sockets")
 
     @api.get("/api/websocket/performance/stats")
     async def stats(self, request: Request) -> dict[str, Any]:

@@ -147,7 +147,10 @@ class AgentManager:
         self.lookups = 0
         self._clock = clock
         self.hub = EventHub(
-            coalesce_s=settings.coalesce_ms / 1000, grace_s=settings.run_grace_s, clock=clock
+            coalesce_s=settings.coalesce_ms / 1000,
+            grace_s=settings.run_grace_s,
+            max_finished=settings.run_buffers_max,
+            clock=clock,
         )
         self._tasks: dict[str, asyncio.Task[RunOutcome]] = {}
         self._streams: dict[str, RunResultStreaming] = {}

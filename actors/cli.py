@@ -1,8 +1,9 @@
-"""The `raychat` command: `raychat token USER_ID [--admin]`."""
+"""The `raychat` command: `raychat token USER_ID [--admin]`, `raychat bench [OPTIONS]`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from actors.auth import codec_for
@@ -16,7 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a token for the configured secret")
     token.add_argument("user_id")
     token.add_argument("--admin", action="store_true", help="the token may use admin endpoints")
-    args = parser.parse_args(argv)
+    commands.add_parser(
+        "bench", add_help=False, help="run the benchmark suite (raychat bench --help for options)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        # Imported by name: the suite's own dependencies (tqdm, psutil, matplotlib; the
+        # `bench` extra) stay out of the service's import graph and of its type check.
+        bench = importlib.import_module("benchmarks.cli")
+        return int(bench.main(rest))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "token":
         try:
             print(codec_for(Settings()).issue(args.user_id, admin=args.admin))

@@ -45,17 +45,21 @@ class EventHub:
         *,
         coalesce_s: float,
         grace_s: float = 300.0,
+        max_finished: int = 20_000,
         replica_expiry_s: float = 120.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._coalesce_s = coalesce_s
         self._grace_s = grace_s
+        self._max_finished = max_finished
+        self._finished: dict[str, None] = {}  # finished run ids, oldest first
         self._replica_expiry_s = replica_expiry_s
         self._clock = clock
         self._runs: dict[str, RunBuffer] = {}
         self._subs: dict[str, _Subscriber] = {}
         self.polls = 0
         self.events_sent = 0
+        self.evicted = 0
 
     # -- runs -------------------------------------------------------------
     def open_run(self, run_id: str, user_id: str, prelude: list[Event]) -> RunBuffer:
@@ -77,6 +81,12 @@ class EventHub:
         stored = buffer.append(event)
         if buffer.finished:
             buffer.finished_at = self._clock()
+            self._finished[run_id] = None
+            while len(self._finished) > self._max_finished:
+                oldest = next(iter(self._finished))
+                del self._finished[oldest]
+                self._runs.pop(oldest, None)
+                self.evicted += 1
         urgent = first_delta or event["type"] in FINAL_TYPES
         for sub in self._subs.values():
             if run_id in sub.cursors:
@@ -155,6 +165,7 @@ class EventHub:
         ]
         for run_id in expired:
             del self._runs[run_id]
+            self._finished.pop(run_id, None)
         for replica_id in [
             r for r, s in self._subs.items() if now - s.last_seen >= self._replica_expiry_s
         ]:

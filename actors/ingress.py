@@ -95,13 +95,18 @@ class IngressCore:
                 conn.deliver(run_id, first_seq, texts)
 
     # -- sockets ---------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        """True when this replica holds as many sockets as it may."""
+        return len(self._sockets) >= self.settings.max_sockets_per_replica
+
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
         """Run one authenticated, accepted socket until it closes."""
         user_id = identity.user_id
         conn = Connection(user_id, websocket.send_text, queue_max=self.settings.outbound_queue_max)
         shard = self.handles.shard(user_id)
-        self._users.setdefault(user_id, set()).add(conn)
         self._sockets.add(websocket)
+        self._users.setdefault(user_id, set()).add(conn)
         self.counters["opened"] += 1
         loop = asyncio.get_running_loop()
         sender = loop.create_task(conn.run_sender(), name="ws-sender")

@@ -41,8 +41,13 @@ class Settings(BaseSettings):
     poll_timeout_s: float = Field(default=1.0, gt=0, le=30)
     outbound_queue_max: int = Field(default=1024, ge=8)
     run_grace_s: float = Field(default=300.0, ge=0)
+    run_buffers_max: int = Field(default=20_000, ge=1)
     run_timeout_s: float = Field(default=300.0, gt=0)
     max_turns: int = Field(default=8, ge=1, le=100)
+
+    # Capacity: sockets beyond this per ingress replica are refused with 503 (it
+    # must stay below the deployment's max_ongoing_requests, 4096).
+    max_sockets_per_replica: int = Field(default=4000, ge=1)
 
     # Input limits.
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)

@@ -339,3 +339,14 @@ def test_replay_returns_events_after_seq(hub: EventHub) -> None:
     assert replayed is not None
     assert [e["seq"] for e in replayed] == [2, 3]
     assert hub.replay("unknown", 0) is None
+
+
+def test_finished_buffers_beyond_the_cap_are_evicted_oldest_first(clock: FakeClock) -> None:
+    hub = EventHub(coalesce_s=0.0, grace_s=1000.0, max_finished=2, clock=clock)
+    for name in ("a", "b", "c"):
+        hub.open_run(name, "u", [])
+        hub.emit(name, completed(name))
+    hub.open_run("live", "u", [])
+    assert hub.get("a") is None and hub.evicted == 1
+    assert hub.get("b") is not None and hub.get("c") is not None
+    assert hub.get("live") is not None  # runs in flight are never evicted
