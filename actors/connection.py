@@ -3,12 +3,21 @@
 Events of a run reach a connection at most once and in `seq` order: live
 events with a seq it has already sent are dropped, and while a `resume` is
 replaying a run, live events of that run wait until the replay is sent.
+
+Flow control: a run's live events are not queued past the high watermark.
+The connection notes the run as *behind* and drops its live events; once the
+client has read the queue down to the low watermark, its owner replays the
+run from the last seq sent (`take_behind`), so memory stays bounded and the
+client still sees every seq once, in order. A client that reads nothing for
+`stuck_s` while frames wait, or that lets the queue fill up, is marked
+`overflowed` for its owner to close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -20,21 +29,32 @@ Send = Callable[[str], Awaitable[None]]
 SEEN_RUNS_MAX = 1024  # runs whose last seq a connection remembers (oldest forgotten first)
 
 
-class SlowConsumer(Exception):
-    """The client stopped reading and its outbound queue is full."""
-
-
 class Connection:
     """The server side of one open WebSocket of one user."""
 
-    def __init__(self, user_id: str, send: Send, *, queue_max: int) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        send: Send,
+        *,
+        queue_max: int,
+        stuck_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.user_id = user_id
         self._send = send
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_max)
+        self._high = max(1, queue_max * 3 // 4)
+        self._low = queue_max // 4
+        self._stuck_s = stuck_s
+        self._clock = clock
         self.seen: OrderedDict[str, int] = OrderedDict()
         self._replaying: dict[str, list[tuple[int, str]]] = {}
+        self._behind: set[str] = set()
         self.overflowed = asyncio.Event()
+        self.wakeup = asyncio.Event()  # overflowed, or behind runs can catch up
         self.sent = 0
+        self.last_progress = clock()
 
     def _note(self, run_id: str, seq: int) -> None:
         self.seen[run_id] = seq
@@ -47,9 +67,15 @@ class Connection:
         try:
             self._queue.put_nowait(text)
         except asyncio.QueueFull:
-            # No backpressure is possible towards the run (other users share it):
-            # a client this far behind is told to go away by the socket's owner.
-            self.overflowed.set()
+            self._overflow()
+
+    def _overflow(self) -> None:
+        self.overflowed.set()
+        self.wakeup.set()
+
+    def _check_stuck(self) -> None:
+        if self._queue.qsize() and self._clock() - self.last_progress > self._stuck_s:
+            self._overflow()
 
     def send_event(self, event: Event) -> None:
         """Queue an event as is (errors, pong, direct answers), noting its run seq."""
@@ -60,17 +86,31 @@ class Connection:
 
     def deliver(self, run_id: str, first_seq: int, texts: list[str]) -> None:
         """Queue the live events of a run with contiguous seqs from `first_seq`."""
+        self._check_stuck()
         held = self._replaying.get(run_id)
         if held is not None:
             held.extend((first_seq + i, text) for i, text in enumerate(texts))
             return
+        if run_id in self._behind:
+            return  # replayed from `seen` when the client has caught up
         seen = self.seen.get(run_id, 0)
         skip = max(0, seen + 1 - first_seq)
         if skip >= len(texts):
             return
+        if self._queue.qsize() + len(texts) - skip > self._high:
+            self._behind.add(run_id)  # replay from `seen` once the client catches up
+            return
         for text in texts[skip:]:
             self._push(text)
         self._note(run_id, first_seq + len(texts) - 1)
+
+    def take_behind(self) -> dict[str, int]:
+        """Runs to replay now that the client caught up: run id -> last seq sent."""
+        if not self._behind or self._queue.qsize() > self._low:
+            return {}
+        runs = {run_id: self.seen.get(run_id, 0) for run_id in self._behind}
+        self._behind.clear()
+        return runs
 
     def begin_replay(self, run_id: str) -> None:
         """Hold live events of `run_id` until `finish_replay`."""
@@ -79,15 +119,16 @@ class Connection:
     def finish_replay(self, run_id: str, after_seq: int, events: list[Event]) -> None:
         """Send a run's replayed events after `after_seq`, then the live events held meanwhile."""
         held = self._replaying.pop(run_id, [])
+        pending = [(e["seq"], e) for e in events] + [(seq, text) for seq, text in held]
         last = after_seq
-        for event in events:
-            if event["seq"] > last:
-                self._push(encode(event))
-                last = event["seq"]
-        for seq, text in held:
-            if seq > last:
-                self._push(text)
-                last = seq
+        for seq, item in pending:
+            if seq <= last:
+                continue
+            if self._queue.qsize() >= self._high:
+                self._behind.add(run_id)  # the rest comes by a later replay
+                break
+            self._push(item if isinstance(item, str) else encode(item))
+            last = seq
         self._note(run_id, last)
 
     def abandon_replay(self, run_id: str) -> None:
@@ -106,3 +147,6 @@ class Connection:
             text = await self._queue.get()
             await self._send(text)
             self.sent += 1
+            self.last_progress = self._clock()
+            if self._behind and self._queue.qsize() <= self._low:
+                self.wakeup.set()

@@ -53,6 +53,17 @@ class Busy(RaychatError):
     code = "busy"
 
 
+class RateLimited(RaychatError):
+    """Too many messages; `retry_after` says when the next one will be accepted."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        Exception.__init__(self, message, retry_after)
+        self.message = message
+        self.retry_after = retry_after
+
+
 class AuthError(RaychatError):
     """The token is missing, invalid or expired."""
 

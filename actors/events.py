@@ -25,9 +25,9 @@ RUN_FAILED = "run.failed"
 FINAL_TYPES = frozenset({RUN_COMPLETED, RUN_CANCELLED, RUN_FAILED})
 
 
-def error_event(code: str, message: str, ref: str | None = None) -> Event:
-    """An `error` event for a frame that could not be accepted."""
-    event: Event = {"type": "error", "code": code, "message": message}
+def error_event(code: str, message: str, ref: str | None = None, **extra: Any) -> Event:
+    """An `error` event for a frame that could not be accepted (`extra`: e.g. retry_after)."""
+    event: Event = {"type": "error", "code": code, "message": message, **extra}
     if ref is not None:
         event["ref"] = ref
     return event

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from contextlib import suppress
 from typing import Any
@@ -18,17 +19,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.auth import Identity
 from actors.connection import Connection
-from actors.errors import RaychatError
+from actors.errors import RateLimited, RaychatError
 from actors.event_hub import PollBatch
 from actors.events import error_event
 from actors.factory import ActorHandles
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
+from actors.rate_limit import TokenBucket
 from actors.stats_report import merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
 
 logger = logging.getLogger(__name__)
 
+CLOSE_NORMAL = 1000
 CLOSE_TOO_LARGE = 1009
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
@@ -50,7 +53,19 @@ class IngressCore:
         self._users: dict[str, set[Connection]] = {}
         self._pollers: list[asyncio.Task[None]] = []
         self._sockets: set[WebSocket] = set()
-        self.counters = {"opened": 0, "closed": 0, "frames": 0, "errors": 0, "batches": 0}
+        self.counters = dict.fromkeys(
+            (
+                "opened",
+                "closed",
+                "frames",
+                "errors",
+                "batches",
+                "slow_closed",
+                "idle_closed",
+                "catch_ups",
+            ),
+            0,
+        )
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -103,16 +118,24 @@ class IngressCore:
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
         """Run one authenticated, accepted socket until it closes."""
         user_id = identity.user_id
-        conn = Connection(user_id, websocket.send_text, queue_max=self.settings.outbound_queue_max)
+        conn = Connection(
+            user_id,
+            websocket.send_text,
+            queue_max=self.settings.outbound_queue_max,
+            stuck_s=self.settings.stuck_timeout_s,
+        )
         shard = self.handles.shard(user_id)
+        limit = self.settings.max_sockets_per_user
+        if not await shard.connect.remote(user_id, self.replica_id, limit):
+            await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
+            return
         self._sockets.add(websocket)
         self._users.setdefault(user_id, set()).add(conn)
         self.counters["opened"] += 1
         loop = asyncio.get_running_loop()
         sender = loop.create_task(conn.run_sender(), name="ws-sender")
-        watchdog = loop.create_task(self._close_when_overflowed(websocket, conn), name="ws-watch")
+        supervisor = loop.create_task(self._supervise(websocket, conn), name="ws-supervisor")
         try:
-            await shard.connect.remote(user_id, self.replica_id)
             await self._receive_loop(websocket, conn)
         except WebSocketDisconnect:
             pass
@@ -124,9 +147,9 @@ class IngressCore:
                 if not users:
                     del self._users[user_id]
             self._sockets.discard(websocket)
-            for task in (sender, watchdog):
+            for task in (sender, supervisor):
                 task.cancel()
-            for result in await asyncio.gather(sender, watchdog, return_exceptions=True):
+            for result in await asyncio.gather(sender, supervisor, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect):
                     logger.warning(
                         "socket task of %s ended with an error", user_id, exc_info=result
@@ -136,17 +159,45 @@ class IngressCore:
             except Exception:
                 logger.exception("could not record the disconnect of %s", user_id)
 
-    async def _close_when_overflowed(self, websocket: WebSocket, conn: Connection) -> None:
-        await conn.overflowed.wait()
-        logger.warning("closing a socket of %s: it stopped reading", conn.user_id)
-        await websocket.close(CLOSE_POLICY, "client is not reading")
+    async def _supervise(self, websocket: WebSocket, conn: Connection) -> None:
+        """Close a socket whose client stopped reading; replay runs it fell behind on."""
+        while True:
+            await conn.wakeup.wait()
+            conn.wakeup.clear()
+            if conn.overflowed.is_set():
+                self.counters["slow_closed"] += 1
+                logger.warning("closing a socket of %s: it stopped reading", conn.user_id)
+                await websocket.close(CLOSE_POLICY, "client is not reading")
+                return
+            for run_id, after_seq in conn.take_behind().items():
+                self.counters["catch_ups"] += 1
+                try:
+                    await self.resume(conn, run_id, after_seq)
+                except Exception:
+                    logger.exception("could not replay run %s to a lagging socket", run_id)
 
     async def _receive_loop(self, websocket: WebSocket, conn: Connection) -> None:
+        frames = TokenBucket(self.settings.frame_rate_per_s, self.settings.frame_rate_burst)
+        idle_s = self.settings.idle_timeout_s
         while True:
-            message = await websocket.receive()
+            try:
+                message = await asyncio.wait_for(websocket.receive(), idle_s)
+            except TimeoutError:
+                if time.monotonic() - conn.last_progress < idle_s:
+                    continue  # the socket is streaming to the client: not idle
+                self.counters["idle_closed"] += 1
+                await websocket.close(CLOSE_NORMAL, "idle timeout")
+                return
             if message["type"] == "websocket.disconnect":
                 return
             self.counters["frames"] += 1
+            wait_s = frames.take()
+            if wait_s > 0:
+                self.counters["errors"] += 1
+                conn.send_event(
+                    error_event("rate_limited", "too many frames", retry_after=round(wait_s, 3))
+                )
+                continue
             text = message.get("text")
             if text is None:
                 self.counters["errors"] += 1
@@ -173,7 +224,10 @@ class IngressCore:
             cause = remote_cause(exc)
             ref = getattr(message, "run_id", None) or getattr(message, "client_msg_id", None)
             self.counters["errors"] += 1
-            if isinstance(cause, RaychatError):
+            if isinstance(cause, RateLimited):
+                event = error_event(cause.code, cause.message, ref, retry_after=cause.retry_after)
+                conn.send_event(event)
+            elif isinstance(cause, RaychatError):
                 conn.send_event(error_event(cause.code, cause.message, ref))
             else:
                 logger.error("handling a %s frame failed", message.type, exc_info=exc)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from actors.agent_manager import RunOutcome, RunSpec
-from actors.errors import BadRequest, Busy, NotFound
+from actors.errors import BadRequest, Busy, NotFound, RateLimited
 from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
 from actors.persistence import TurnRecord, UserContext
+from actors.rate_limit import TokenBucket
 from actors.ttl_cache import TTLCache
 from config import Settings
 
@@ -134,6 +135,7 @@ class UserShard:
         self._runs: dict[str, _Run] = {}
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._presence: dict[str, dict[str, int]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._next_agent = 0
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
@@ -144,17 +146,26 @@ class UserShard:
             "rejected": 0,
             "interrupted": 0,
             "resumed": 0,
+            "rate_limited": 0,
+            "sockets_refused": 0,
             "cancel_requests": 0,
             "lost": 0,
         }
         self.connections = {"opened": 0, "closed": 0}
 
     # -- presence ---------------------------------------------------------
-    async def connect(self, user_id: str, replica_id: str) -> None:
-        """A socket of `user_id` opened on `replica_id`."""
+    async def connect(self, user_id: str, replica_id: str, limit: int | None = None) -> bool:
+        """A socket of `user_id` opened on `replica_id`; False past the per-user limit.
+
+        `limit` is the calling ingress's `max_sockets_per_user` (default: this shard's).
+        """
         replicas = self._presence.setdefault(user_id, {})
+        if sum(replicas.values()) >= (limit or self._settings.max_sockets_per_user):
+            self.counts["sockets_refused"] += 1
+            return False
         replicas[replica_id] = replicas.get(replica_id, 0) + 1
         self.connections["opened"] += 1
+        return True
 
     async def disconnect(self, user_id: str, replica_id: str) -> None:
         """A socket of `user_id` closed on `replica_id`."""
@@ -228,12 +239,16 @@ class UserShard:
         self._housekeep()
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
+        self._take_token(request.user_id)
         key = (request.user_id, request.session_id)
         lane = self._lanes.setdefault(key, _Lane())
         busy = lane.active is not None
         if busy and request.on_busy == "reject":
             self.counts["rejected"] += 1
             raise Busy(f"session {request.session_id!r} has a run in progress")
+        if busy and len(lane.queue) >= self._settings.max_queued_per_session:
+            self.counts["rejected"] += 1
+            raise Busy(f"session {request.session_id!r} has too many queued runs")
         # Reserve the run's place before the first await so concurrent chats keep their order.
         run = _Run(
             request.run_id,
@@ -291,6 +306,18 @@ class UserShard:
         sent = len(run.prelude)
         run.subscribers[request.replica_id] = sent
         return list(run.prelude)
+
+    def _take_token(self, user_id: str) -> None:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            bucket = TokenBucket(
+                self._settings.rate_limit_per_s, self._settings.rate_limit_burst, self._clock
+            )
+            self._buckets[user_id] = bucket
+        wait_s = bucket.take()
+        if wait_s > 0:
+            self.counts["rate_limited"] += 1
+            raise RateLimited("too many messages, slow down", round(wait_s, 3))
 
     @staticmethod
     def _accepted(request: ChatRequest, run_id: str, *, duplicate: bool) -> Event:
@@ -461,6 +488,8 @@ class UserShard:
             self._last_housekeeping = now
             self._drop_finished_runs(now)
             self.contexts.cleanup()
+            for user_id in [u for u, bucket in self._buckets.items() if bucket.full]:
+                del self._buckets[user_id]
 
     def _drop_finished_runs(self, now: float) -> int:
         grace = self._settings.run_grace_s

@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     # Input limits.
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_text_chars: int = Field(default=8000, ge=1)
+    rate_limit_per_s: float = Field(default=2.0, gt=0)  # chat messages per user
+    rate_limit_burst: float = Field(default=10.0, ge=1)
+    frame_rate_per_s: float = Field(default=20.0, gt=0)  # any frame, per socket
+    frame_rate_burst: float = Field(default=60.0, ge=1)
+    max_sockets_per_user: int = Field(default=16, ge=1)
+    max_queued_per_session: int = Field(default=16, ge=0)
+
+    # Slow and idle clients.
+    idle_timeout_s: float = Field(default=600.0, gt=0)  # no frame either way: close 1000
+    stuck_timeout_s: float = Field(default=30.0, gt=0)  # not reading: close 1008
 
     # Persistence.
     persist_queue_max: int = Field(default=10_000, ge=1)

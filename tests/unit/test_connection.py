@@ -164,27 +164,63 @@ def test_begin_replay_twice_keeps_the_held_events(conn: Connection) -> None:
 # -- overflow -----------------------------------------------------------------
 
 
-async def test_overflow_sets_the_event_when_the_queue_is_full() -> None:
+async def test_direct_events_past_a_full_queue_overflow() -> None:
     async def send(_text: str) -> None:
         raise AssertionError("no sender in this test")
 
-    conn = Connection("alice", send, queue_max=3)
-    conn.deliver("r1", 1, texts("r1", 1, 3))
-    assert not conn.overflowed.is_set()
-    conn.send_event({"type": "pong"})
-    assert conn.overflowed.is_set()
-    assert conn.queued == 3
-    assert seqs(drain(conn)) == [1, 2, 3]
+    conn = Connection("alice", send, queue_max=4)
+    conn.deliver("r1", 1, texts("r1", 1, 3))  # up to the high watermark (3)
+    for _ in range(2):
+        conn.send_event({"type": "pong"})
+    assert conn.overflowed.is_set() and conn.wakeup.is_set()
+    assert conn.queued == 4
 
 
-async def test_overflow_from_deliver() -> None:
+async def test_live_events_past_the_high_watermark_pause_the_run_not_the_memory() -> None:
     async def send(_text: str) -> None:
         raise AssertionError("no sender in this test")
 
-    conn = Connection("alice", send, queue_max=2)
+    conn = Connection("alice", send, queue_max=8)  # high watermark 6, low 2
     conn.deliver("r1", 1, texts("r1", 1, 5))
+    conn.deliver("r1", 6, texts("r1", 6, 20))  # would pass the high watermark
+    conn.deliver("r1", 21, texts("r1", 21, 22))  # dropped: the run is behind
+    assert not conn.overflowed.is_set()
+    assert conn.queued == 5
+    assert conn.take_behind() == {}  # not read down to the low watermark yet
+    assert seqs(drain(conn)) == [1, 2, 3, 4, 5]
+    assert conn.take_behind() == {"r1": 5}  # replay after the last seq sent
+    assert conn.take_behind() == {}
+
+
+async def test_replay_stops_at_the_high_watermark_and_continues_later() -> None:
+    async def send(_text: str) -> None:
+        raise AssertionError("no sender in this test")
+
+    conn = Connection("alice", send, queue_max=8)  # high watermark 6
+    conn.begin_replay("r1")
+    conn.deliver("r1", 12, texts("r1", 12, 12))  # live, held during the replay
+    conn.finish_replay("r1", 0, [run_event("r1", seq) for seq in range(1, 12)])
+    first = drain(conn)
+    assert seqs(first) == [1, 2, 3, 4, 5, 6]
+    assert conn.take_behind() == {"r1": 6}
+    conn.finish_replay("r1", 6, [run_event("r1", seq) for seq in range(7, 13)])
+    assert seqs(drain(conn)) == [7, 8, 9, 10, 11, 12]
+
+
+async def test_a_client_that_stops_reading_is_marked_stuck() -> None:
+    now = [100.0]
+
+    async def send(_text: str) -> None:
+        raise AssertionError("no sender in this test")
+
+    conn = Connection("alice", send, queue_max=64, stuck_s=30, clock=lambda: now[0])
+    conn.deliver("r1", 1, texts("r1", 1, 2))
+    now[0] += 29
+    conn.deliver("r1", 3, texts("r1", 3, 3))
+    assert not conn.overflowed.is_set()
+    now[0] += 2  # 31 s without the client reading anything
+    conn.deliver("r1", 4, texts("r1", 4, 4))
     assert conn.overflowed.is_set()
-    assert conn.queued == 2
 
 
 # -- the sender ---------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""Input limits answered as PROTOCOL.md says, on an app deployed with tight limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+
+import pytest
+import websockets
+
+from tests.integration.chat_client import ChatClient
+from tests.integration.conftest import Service, wait_ready
+
+pytestmark = pytest.mark.ray
+
+TIGHT_APP = "raychat-tight"
+PREFIX = "/tight"
+
+
+@pytest.fixture(scope="module")
+def tight(service: Service) -> Iterator[str]:
+    """The ws URL prefix of an app with small limits (same actors, same database)."""
+    from ray import serve
+
+    from serve_app import RaychatIngress
+
+    settings = service.settings.model_copy(
+        update={
+            "max_sockets_per_user": 2,
+            "idle_timeout_s": 1.5,
+            "max_frame_bytes": 4096,
+            "max_text_chars": 100,
+            "frame_rate_per_s": 1.0,
+            "frame_rate_burst": 30.0,
+        }
+    )
+    app = RaychatIngress.options(name="TightIngress", num_replicas=1).bind(settings)
+    serve.run(app, name=TIGHT_APP, route_prefix=PREFIX)
+    wait_ready(f"{service.http}{PREFIX}")
+    yield f"ws://127.0.0.1:{service.port}{PREFIX}/api/websocket/ws?token="
+    serve.delete(TIGHT_APP)
+
+
+async def closed_code(ws: websockets.ClientConnection) -> int:
+    """Read until the server closes the socket; return its close code."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(30):
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+async def test_message_rate_limit_answers_rate_limited_with_retry_after(
+    service: Service,
+) -> None:
+    # The shared app: 10 chats in a burst, then 2 a second (per user, all sockets).
+    async with ChatClient(service.ws_url("u-flood")) as client:
+        await client.chat("a long one in 100 words", session_id="f")
+        codes = []
+        for i in range(12):
+            await client.chat(f"again {i}", session_id="f", on_busy="reject")
+            codes.append((await client.next_of("error"))["code"])
+        limited = [e for e in client.received if e.get("code") == "rate_limited"]
+    assert codes.count("busy") == 9 and codes[9:] == ["rate_limited"] * 3
+    assert all(e["retry_after"] > 0 for e in limited)
+
+
+async def test_long_text_is_too_large_and_huge_frame_closes_1009(
+    service: Service, tight: str
+) -> None:
+    async with ChatClient(tight + service.token("u-size")) as client:
+        await client.chat("x" * 101)
+        assert (await client.next_of("error"))["code"] == "too_large"
+        await client.send({"type": "chat", "text": "y" * 5000})
+        assert client.ws is not None
+        assert await closed_code(client.ws) == 1009
+
+
+async def test_sockets_per_user_are_capped(service: Service, tight: str) -> None:
+    url = tight + service.token("u-sockets")
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(ChatClient(url))
+        await stack.enter_async_context(ChatClient(url))
+        async with websockets.connect(url) as third:
+            assert await closed_code(third) == 1008
+        run = await first.turn("the first two still work")
+        assert run.final is not None and run.final["type"] == "run.completed"
+
+
+async def test_idle_socket_is_closed_and_a_busy_one_is_not(service: Service, tight: str) -> None:
+    async with websockets.connect(tight + service.token("u-idle")) as idle:
+        assert await closed_code(idle) == 1000
+    async with ChatClient(tight + service.token("u-busy-reader")) as client:
+        run = await client.turn("stream for a while, in 300 words")  # ~3 s, no frames sent
+        assert run.final is not None and run.final["type"] == "run.completed"
+
+
+async def test_frame_flood_is_rate_limited_and_the_socket_stays_up(
+    service: Service, tight: str
+) -> None:
+    async with ChatClient(tight + service.token("u-pings")) as client:
+        for _ in range(40):
+            await client.send({"type": "ping"})
+        answers = [await client.recv() for _ in range(40)]
+        kinds = [a["type"] for a in answers]
+        assert kinds.count("pong") == 30 and kinds.count("error") == 10
+        assert {a["code"] for a in answers if a["type"] == "error"} == {"rate_limited"}
