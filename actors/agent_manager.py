@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from actors.stats import LatencyWindow
 from config import Settings
 
 logger = logging.getLogger(__name__)
+OUTCOMES_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class AgentManager:
             clock=clock,
         )
         self._tasks: dict[str, asyncio.Task[RunOutcome]] = {}
+        self._outcomes: OrderedDict[str, RunOutcome] = OrderedDict()  # recent, for run_turn
         self._streams: dict[str, RunResultStreaming] = {}
         self._cancel_requested: set[str] = set()
         self.counts = {"started": 0, "completed": 0, "failed": 0, "cancelled": 0}
@@ -174,19 +177,29 @@ class AgentManager:
         return list(self._agents)
 
     # -- runs -------------------------------------------------------------
+    async def start_run(self, spec: RunSpec) -> None:
+        """Open the run's buffer and start executing it (idempotent); return at once."""
+        if spec.run_id in self._tasks or spec.run_id in self._outcomes:
+            return
+        self.hub.open_run(spec.run_id, spec.user_id, spec.prelude)
+        for replica_id, after_seq in spec.subscribers:
+            self.hub.subscribe(replica_id, spec.run_id, after_seq)
+        task = asyncio.get_running_loop().create_task(
+            self._execute(spec), name=f"run-{spec.run_id}"
+        )
+        self._tasks[spec.run_id] = task
+        task.add_done_callback(self._forget_task)
+
     async def run_turn(self, spec: RunSpec) -> RunOutcome:
-        """Execute one turn; return once its reply is stored and its final event emitted."""
-        task = self._tasks.get(spec.run_id)
-        if task is None:
-            self.hub.open_run(spec.run_id, spec.user_id, spec.prelude)
-            for replica_id, after_seq in spec.subscribers:
-                self.hub.subscribe(replica_id, spec.run_id, after_seq)
-            task = asyncio.get_running_loop().create_task(
-                self._execute(spec), name=f"run-{spec.run_id}"
-            )
-            self._tasks[spec.run_id] = task
-            task.add_done_callback(self._forget_task)
-        return await asyncio.shield(task)
+        """Execute one turn (started here unless `start_run` did); return its outcome.
+
+        Returns once the reply is stored and the final event emitted.
+        """
+        done = self._outcomes.get(spec.run_id)
+        if done is not None:
+            return done
+        await self.start_run(spec)
+        return await asyncio.shield(self._tasks[spec.run_id])
 
     def owner_of(self, spec: RunSpec) -> RunOwner:
         """The owner to notify for `spec`: its `owner`, else the manager's observer."""
@@ -200,8 +213,14 @@ class AgentManager:
     def _forget_task(self, task: asyncio.Task[RunOutcome]) -> None:
         run_id = task.get_name().removeprefix("run-")
         self._tasks.pop(run_id, None)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             logger.error("run task %s crashed", run_id, exc_info=task.exception())
+            return
+        self._outcomes[run_id] = task.result()
+        while len(self._outcomes) > OUTCOMES_KEPT:
+            self._outcomes.popitem(last=False)
 
     async def cancel(self, run_id: str) -> bool:
         """Ask a running run to stop; False if this actor is not running it."""
@@ -329,6 +348,14 @@ class AgentManager:
             last = events[-1]["seq"] if events else after_seq
             self.hub.subscribe(replica_id, run_id, last)
         return events
+
+    async def announce_final(self, run_id: str, user_id: str, events: list[Event]) -> bool:
+        """Publish the last events of a run lost with another actor (`EventHub.broadcast`)."""
+        return self.hub.broadcast(run_id, user_id, events)
+
+    async def holding(self, run_ids: list[str]) -> list[str]:
+        """The listed runs this actor is executing now."""
+        return [run_id for run_id in run_ids if run_id in self._tasks]
 
     async def final_event(self, run_id: str) -> Event | None:
         """The final event of a finished run still buffered here."""

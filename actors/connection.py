@@ -21,12 +21,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from actors.events import Event, encode
+import orjson
+
+from actors.events import FINAL_TYPES, Event, encode
 
 logger = logging.getLogger(__name__)
 
 Send = Callable[[str], Awaitable[None]]
 SEEN_RUNS_MAX = 1024  # runs whose last seq a connection remembers (oldest forgotten first)
+# Encoded events start with their type (events are built type first).
+_FINAL_PREFIXES = tuple(f'{{"type":"{kind}"' for kind in sorted(FINAL_TYPES))
 
 
 class Connection:
@@ -49,6 +53,7 @@ class Connection:
         self._stuck_s = stuck_s
         self._clock = clock
         self.seen: OrderedDict[str, int] = OrderedDict()
+        self._ended: OrderedDict[str, None] = OrderedDict()  # runs whose final event was sent
         self._replaying: dict[str, list[tuple[int, str]]] = {}
         self._behind: set[str] = set()
         self.overflowed = asyncio.Event()
@@ -56,11 +61,15 @@ class Connection:
         self.sent = 0
         self.last_progress = clock()
 
-    def _note(self, run_id: str, seq: int) -> None:
+    def _note(self, run_id: str, seq: int, *, final: bool = False) -> None:
         self.seen[run_id] = seq
         self.seen.move_to_end(run_id)
         if len(self.seen) > SEEN_RUNS_MAX:
             self.seen.popitem(last=False)
+        if final:
+            self._ended[run_id] = None
+            if len(self._ended) > SEEN_RUNS_MAX:
+                self._ended.popitem(last=False)
 
     # -- producing ------------------------------------------------------------
     def _push(self, text: str) -> None:
@@ -81,12 +90,21 @@ class Connection:
         """Queue an event as is (errors, pong, direct answers), noting its run seq."""
         run_id, seq = event.get("run_id"), event.get("seq")
         if isinstance(run_id, str) and isinstance(seq, int):
-            self._note(run_id, max(self.seen.get(run_id, 0), seq))
+            final = event["type"] in FINAL_TYPES
+            self._note(run_id, max(self.seen.get(run_id, 0), seq), final=final)
         self._push(encode(event))
 
     def deliver(self, run_id: str, first_seq: int, texts: list[str]) -> None:
-        """Queue the live events of a run with contiguous seqs from `first_seq`."""
+        """Queue the live events of a run with contiguous seqs from `first_seq`.
+
+        `first_seq` 0 marks events of a run lost with its actor: they are numbered
+        after the last seq this socket sent, and dropped if it already sent the
+        run's final event.
+        """
         self._check_stuck()
+        if first_seq == 0:
+            self._deliver_relative(run_id, texts)
+            return
         held = self._replaying.get(run_id)
         if held is not None:
             held.extend((first_seq + i, text) for i, text in enumerate(texts))
@@ -102,7 +120,20 @@ class Connection:
             return
         for text in texts[skip:]:
             self._push(text)
-        self._note(run_id, first_seq + len(texts) - 1)
+        self._note(run_id, first_seq + len(texts) - 1, final=texts[-1].startswith(_FINAL_PREFIXES))
+
+    def _deliver_relative(self, run_id: str, texts: list[str]) -> None:
+        """The prelude and final event of a lost run: all if this socket saw none of it."""
+        if run_id in self._ended:
+            return
+        self._replaying.pop(run_id, None)
+        self._behind.discard(run_id)
+        if self.seen.get(run_id, 0):
+            texts = texts[-1:]
+        for text in texts:
+            event = orjson.loads(text)
+            event["seq"] = self.seen.get(run_id, 0) + 1
+            self.send_event(event)
 
     def take_behind(self) -> dict[str, int]:
         """Runs to replay now that the client caught up: run id -> last seq sent."""
@@ -127,8 +158,11 @@ class Connection:
             if self._queue.qsize() >= self._high:
                 self._behind.add(run_id)  # the rest comes by a later replay
                 break
-            self._push(item if isinstance(item, str) else encode(item))
+            text = item if isinstance(item, str) else encode(item)
+            self._push(text)
             last = seq
+            if text.startswith(_FINAL_PREFIXES):
+                self._note(run_id, last, final=True)
         self._note(run_id, last)
 
     def abandon_replay(self, run_id: str) -> None:

@@ -21,7 +21,8 @@ from actors.run_buffer import RunBuffer
 
 Clock = Callable[[], float]
 # One poll answer: (user_id, run_id, seq of the first event, [encoded events]) per run
-# with news; the events of one entry have contiguous seqs.
+# with news; the events of one entry have contiguous seqs. A first seq of 0 marks a
+# relative entry (see `broadcast`): the receiver numbers it after what it has sent.
 PollBatch = list[tuple[str, str, int, list[str]]]
 
 
@@ -62,13 +63,32 @@ class EventHub:
         self.evicted = 0
 
     # -- runs -------------------------------------------------------------
-    def open_run(self, run_id: str, user_id: str, prelude: list[Event]) -> RunBuffer:
+    def open_run(
+        self, run_id: str, user_id: str, prelude: list[Event], *, relative: bool = False
+    ) -> RunBuffer:
         """Create the buffer of a new run, seeded with events already sent elsewhere."""
         if run_id in self._runs:
             raise ValueError(f"run {run_id} is already open")
-        buffer = RunBuffer(run_id, user_id, prelude)
+        buffer = RunBuffer(run_id, user_id, prelude, relative=relative)
         self._runs[run_id] = buffer
         return buffer
+
+    def broadcast(self, run_id: str, user_id: str, events: list[Event]) -> bool:
+        """Publish the last events of a run lost elsewhere to every replica.
+
+        `events` is the run's prelude (for sockets that saw none of it) and its
+        final event; sockets number them after what they have sent. Replicas
+        that start polling later (within the grace period) get them too. False
+        when this actor already holds the run.
+        """
+        if run_id in self._runs:
+            return False
+        self.open_run(run_id, user_id, [], relative=True)
+        for sub in self._subs.values():
+            sub.cursors[run_id] = 0
+        for event in events:
+            self.emit(run_id, {k: v for k, v in event.items() if k not in ("run_id", "seq")})
+        return True
 
     def get(self, run_id: str) -> RunBuffer | None:
         """The buffer of a run this actor holds, if any."""
@@ -113,7 +133,13 @@ class EventHub:
 
     async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:
         """Wait up to `timeout_s` for news for `replica_id`; return it as one batch."""
-        sub = self._subs.setdefault(replica_id, _Subscriber())
+        sub = self._subs.get(replica_id)
+        if sub is None:
+            sub = self._subs[replica_id] = _Subscriber()
+            for buffer in self._runs.values():
+                if buffer.relative:
+                    sub.cursors[buffer.run_id] = 0
+                    sub.pending.add(buffer.run_id)
         sub.last_seen = self._clock()
         self.polls += 1
         if not sub.pending:
@@ -139,7 +165,8 @@ class EventHub:
             if events:
                 sub.cursors[run_id] = events[-1]["seq"]
                 encoded = [encode(e) for e in events]
-                batch.append((buffer.user_id, run_id, events[0]["seq"], encoded))
+                first = 0 if buffer.relative else events[0]["seq"]
+                batch.append((buffer.user_id, run_id, first, encoded))
                 self.events_sent += len(events)
             if buffer.finished and sub.cursors[run_id] >= buffer.last_seq:
                 del sub.cursors[run_id]
@@ -152,7 +179,7 @@ class EventHub:
     def replay(self, run_id: str, after_seq: int) -> list[Event] | None:
         """Events of a run after `after_seq` (None when this actor does not hold it)."""
         buffer = self._runs.get(run_id)
-        return None if buffer is None else buffer.after(after_seq)
+        return None if buffer is None or buffer.relative else buffer.after(after_seq)
 
     # -- housekeeping -----------------------------------------------------
     def cleanup(self) -> int:

@@ -172,6 +172,14 @@ class Persistence:
         """
 
         async def op(conn: AsyncConnection) -> TurnRecord:
+            retried = (
+                await conn.execute(
+                    select(messages.c.id, messages.c.role).where(messages.c.run_id == run_id)
+                )
+            ).all()
+            if retried:  # the same turn sent again after an unanswered attempt
+                ids = {row.role: row.id for row in retried}
+                return TurnRecord(run_id, ids["user"], ids.get("assistant", 0))
             if client_msg_id is not None:
                 row = (
                     await conn.execute(
@@ -243,6 +251,30 @@ class Persistence:
             )
 
         await self._write(op)
+
+    async def fail_if_streaming(self, reply_message_id: int, error_code: str) -> dict[str, Any]:
+        """Mark a reply `failed` unless it already has a final status; return the stored row."""
+
+        async def op(conn: AsyncConnection) -> dict[str, Any]:
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == reply_message_id, messages.c.status == "streaming")
+                .values(status="failed", error_code=error_code, updated_at=time.time())
+            )
+            row = (
+                await conn.execute(
+                    select(
+                        messages.c.text,
+                        messages.c.status,
+                        messages.c.final_seq,
+                        messages.c.error_code,
+                    ).where(messages.c.id == reply_message_id)
+                )
+            ).one()
+            return dict(row._mapping)
+
+        result: dict[str, Any] = await self._write(op)
+        return result
 
     async def add_todo(self, user_id: str, text_: str) -> dict[str, Any]:
         """Add an open todo; return it."""
@@ -390,6 +422,21 @@ class Persistence:
                 )
             ).first()
             return None if row is None else dict(row._mapping)
+
+    async def streaming_replies(self) -> list[dict[str, Any]]:
+        """Every reply still `streaming`: run id, user, session and reply row id."""
+        await self.start()
+        self.reads += 1
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    messages.c.run_id,
+                    messages.c.user_id,
+                    messages.c.session_id,
+                    messages.c.id,
+                ).where(messages.c.status == "streaming", messages.c.role == "assistant")
+            )
+            return [dict(row._mapping) for row in rows]
 
     async def count_messages(self) -> int:
         """How many messages are stored (for tests and stats)."""

@@ -14,11 +14,30 @@ from actors.events import FINAL_TYPES, MESSAGE_DELTA, Event
 class RunBuffer:
     """Ordered, seq-numbered events of one run, with delta coalescing."""
 
-    __slots__ = ("_events", "finished_at", "run_id", "sealed", "text_parts", "user_id")
+    __slots__ = (
+        "_events",
+        "finished_at",
+        "relative",
+        "run_id",
+        "sealed",
+        "text_parts",
+        "user_id",
+    )
 
-    def __init__(self, run_id: str, user_id: str, prelude: list[Event] | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        user_id: str,
+        prelude: list[Event] | None = None,
+        *,
+        relative: bool = False,
+    ) -> None:
         self.run_id = run_id
         self.user_id = user_id
+        # A relative buffer carries the last word of a run whose real buffer was
+        # lost with its actor: its seqs are unknown here, and each socket numbers
+        # its events after the last seq it sent.
+        self.relative = relative
         self._events: list[Event] = []
         self.sealed = 0
         self.text_parts: list[str] = []

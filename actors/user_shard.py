@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from actors.agent_manager import RunOutcome, RunSpec
-from actors.errors import BadRequest, Busy, NotFound, RateLimited
+from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError
 from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
 from actors.persistence import TurnRecord, UserContext
 from actors.rate_limit import TokenBucket
+from actors.sharding import shard_for
 from actors.ttl_cache import TTLCache
 from config import Settings
 
 logger = logging.getLogger(__name__)
 
 History = list[dict[str, str]]
+LOST_MESSAGE = "the run was lost: the actor running it stopped"
 
 
 class AgentPort(Protocol):
@@ -44,6 +46,12 @@ class AgentPort(Protocol):
     async def texts(self, run_ids: list[str]) -> dict[str, str]: ...
 
     async def final_event(self, run_id: str) -> Event | None: ...
+
+    async def start_run(self, spec: RunSpec) -> None: ...
+
+    async def announce_final(self, run_id: str, user_id: str, events: list[Event]) -> bool: ...
+
+    async def holding(self, run_ids: list[str]) -> list[str]: ...
 
 
 class ShardStore(Protocol):
@@ -64,6 +72,10 @@ class ShardStore(Protocol):
     ) -> History: ...
 
     async def run_record(self, user_id: str, run_id: str) -> dict[str, Any] | None: ...
+
+    async def fail_if_streaming(self, reply_message_id: int, error_code: str) -> dict[str, Any]: ...
+
+    async def streaming_replies(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,7 @@ class UserShard:
         self._presence: dict[str, dict[str, int]] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._next_agent = 0
+        self._recovered: asyncio.Future[None] | None = None
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.counts = {
@@ -236,6 +249,7 @@ class UserShard:
         queued runs); the events of a run that starts at once come from its
         agent actor.
         """
+        await self._ready()
         self._housekeep()
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
@@ -265,13 +279,7 @@ class UserShard:
         else:
             lane.active = run.run_id
         try:
-            record = await self._store.begin_turn(
-                request.user_id,
-                request.session_id,
-                request.run_id,
-                request.text,
-                request.client_msg_id,
-            )
+            record = await self._begin_turn(request)
         except BaseException:
             self._forget_reservation(lane, run)
             raise
@@ -306,6 +314,30 @@ class UserShard:
         sent = len(run.prelude)
         run.subscribers[request.replica_id] = sent
         return list(run.prelude)
+
+    async def _begin_turn(self, request: ChatRequest) -> TurnRecord:
+        """Store the user message, retrying while the persistence actor restarts.
+
+        A retry is safe: a turn is keyed by its run id, so a write that did
+        commit before its answer was lost is found, not stored twice.
+        """
+        for attempt in range(5):
+            try:
+                return await self._store.begin_turn(
+                    request.user_id,
+                    request.session_id,
+                    request.run_id,
+                    request.text,
+                    request.client_msg_id,
+                )
+            except RaychatError:
+                raise
+            except Exception:
+                if attempt == 4:
+                    raise
+                logger.warning("storing run %s failed; retrying", request.run_id, exc_info=True)
+                await asyncio.sleep(0.25 * (attempt + 1))  # the database actor restarting
+        raise AssertionError("unreachable")
 
     def _take_token(self, user_id: str) -> None:
         bucket = self._buckets.get(user_id)
@@ -363,18 +395,98 @@ class UserShard:
                     "owner": self.owner_ref(),
                 }
             )
+            await self._start_on_some_agent(run, spec)
             outcome = await self._agents[run.agent_index].run_turn(spec)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("run %s was lost with its agent actor", run.run_id)
-            self.counts["lost"] += 1
-            outcome = RunOutcome(run.run_id, "failed", "", run.spec.reply_message_id)
-            try:
-                await self._store.finish_reply(run.spec.reply_message_id, "", "failed")
-            except Exception:
-                logger.exception("could not mark run %s failed", run.run_id)
+            outcome = await self._settle_lost(
+                run.run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
+            )
         await self.run_ended(run.user_id, outcome)
+
+    async def _start_on_some_agent(self, run: _Run, spec: RunSpec) -> None:
+        """Start the run on its agent, or on the next one while an agent is down."""
+        tries = 2 * len(self._agents)
+        for attempt in range(tries):
+            try:
+                await self._agents[run.agent_index].start_run(spec)
+                return
+            except Exception:
+                if attempt == tries - 1:
+                    raise
+                logger.warning("agent %d could not start run %s", run.agent_index, run.run_id)
+                run.agent_index = (run.agent_index + 1) % len(self._agents)
+                await asyncio.sleep(0.2 * (attempt + 1))  # an agent restarting: back off
+
+    async def _settle_lost(
+        self,
+        run_id: str,
+        user_id: str,
+        reply_message_id: int,
+        agent_hint: int,
+        prelude: list[Event] | None = None,
+    ) -> RunOutcome:
+        """Store a lost run as failed (unless it had ended) and tell its listeners."""
+        self.counts["lost"] += 1
+        try:
+            row = await self._store.fail_if_streaming(reply_message_id, "internal")
+        except Exception:
+            logger.exception("could not mark the lost run %s failed", run_id)
+            row = {"status": "failed", "text": "", "error_code": "internal"}
+        final = self._final_from_row(run_id, reply_message_id, row, seq=0)
+        order = [(agent_hint + 1 + i) % len(self._agents) for i in range(len(self._agents))]
+        for attempt in range(3):
+            for index in order:
+                try:
+                    await self._agents[index].announce_final(
+                        run_id, user_id, [*(prelude or []), final]
+                    )
+                    return RunOutcome(run_id, row["status"], row["text"], reply_message_id)
+                except Exception:
+                    logger.warning("agent %d could not announce run %s", index, run_id)
+            await asyncio.sleep(0.5 * (attempt + 1))  # agents restarting: back off
+        logger.error("nobody could announce the end of lost run %s", run_id)
+        return RunOutcome(run_id, row["status"], row["text"], reply_message_id)
+
+    async def _ready(self) -> None:
+        """Rebuild this shard's runs from the database once, after a (re)start."""
+        if self._recovered is None:
+            self._recovered = asyncio.get_running_loop().create_future()
+            try:
+                await self._recover()
+            except Exception:
+                logger.exception("shard %d could not recover its runs", self.index)
+            self._recovered.set_result(None)
+        await self._recovered
+
+    async def _recover(self) -> None:
+        rows = [
+            row
+            for row in await self._store.streaming_replies()
+            if shard_for(row["user_id"], self._settings.shards) == self.index
+            and row["run_id"] not in self._runs
+        ]
+        if not rows:
+            return
+        run_ids = [row["run_id"] for row in rows]
+        held: dict[str, int] = {}
+        for index, agent in enumerate(self._agents):
+            try:
+                held.update(dict.fromkeys(await agent.holding(run_ids), index))
+            except Exception:
+                logger.exception("agent %d did not say which runs it holds", index)
+        for row in rows:
+            run_id = row["run_id"]
+            if run_id in held:  # still running: track it so its end frees its session
+                run = _Run(run_id, row["user_id"], row["session_id"], held[run_id], "running")
+                self._runs[run_id] = run
+                lane = self._lanes.setdefault((run.user_id, run.session_id), _Lane())
+                lane.active = lane.active or run_id
+            else:
+                await self._settle_lost(run_id, row["user_id"], row["id"], 0)
+        logger.warning("shard %d recovered %d runs (%d running)", self.index, len(rows), len(held))
 
     def owner_ref(self) -> Any:
         """What agents call back for this shard's runs (actor wiring: its own handle)."""
@@ -382,6 +494,7 @@ class UserShard:
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
         """An agent finished a run (called before its final event goes out; idempotent)."""
+        await self._ready()
         run = self._owned(user_id, outcome.run_id)
         if run is None or run.ended_at is not None:
             return
@@ -407,6 +520,7 @@ class UserShard:
 
     async def cancel(self, user_id: str, run_id: str) -> list[Event]:
         """Stop a run; a finished run answers with its final event; foreign runs are not found."""
+        await self._ready()
         self.counts["cancel_requests"] += 1
         run = self._owned(user_id, run_id)
         if run is None:
@@ -434,25 +548,34 @@ class UserShard:
         final = await self._agents[run.agent_index].final_event(run.run_id)
         return final if final is not None else await self._final_from_store(run.user_id, run.run_id)
 
-    async def _final_from_store(self, user_id: str, run_id: str) -> Event | None:
+    async def _final_from_store(
+        self, user_id: str, run_id: str, after_seq: int = 0
+    ) -> Event | None:
         row = await self._store.run_record(user_id, run_id)
         if row is None or row["status"] not in ("completed", "cancelled", "failed"):
             return None
-        seq = row.get("final_seq") or 0
+        # A run lost with its actor has no known final seq: it follows what the client saw.
+        seq = row.get("final_seq") or after_seq + 1
+        return self._final_from_row(run_id, row["id"], row, seq)
+
+    @staticmethod
+    def _final_from_row(run_id: str, message_id: int, row: dict[str, Any], seq: int) -> Event:
         if row["status"] == "failed":
-            event = run_failed(row.get("error_code") or "internal", "the run failed")
+            code = row.get("error_code") or "internal"
+            event = run_failed(code, LOST_MESSAGE if code == "internal" else "the run failed")
         else:
             kind = RUN_COMPLETED if row["status"] == "completed" else RUN_CANCELLED
-            event = {"type": kind, "message_id": row["id"], "text": row["text"]}
+            event = {"type": kind, "message_id": message_id, "text": row["text"]}
         return {**event, "run_id": run_id, "seq": seq}
 
     async def resume(
         self, user_id: str, run_id: str, after_seq: int, replica_id: str
     ) -> list[Event]:
         """Events of a run after `after_seq`, and the live tail to `replica_id` from then on."""
+        await self._ready()
         run = self._owned(user_id, run_id)
         if run is None:
-            final = await self._final_from_store(user_id, run_id)
+            final = await self._final_from_store(user_id, run_id, after_seq)
             if final is None:
                 raise NotFound("no such run")
             self.counts["resumed"] += 1
@@ -466,7 +589,7 @@ class UserShard:
         )
         if events is not None:
             return events
-        final = await self._final_from_store(user_id, run_id)
+        final = await self._final_from_store(user_id, run_id, after_seq)
         return [final] if final is not None and final["seq"] > after_seq else []
 
     async def streaming_texts(self, user_id: str, run_ids: list[str]) -> dict[str, str]:

@@ -1,0 +1,139 @@
+"""Actor crashes: only the runs an actor held fail, nothing stored is lost, new chats work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from actors.factory import actor_name
+from actors.sharding import shard_for
+from tests.integration.chat_client import ChatClient, RunLog
+from tests.integration.conftest import Service, wait_ready
+
+pytestmark = pytest.mark.ray
+
+
+def contiguous(run: RunLog) -> bool:
+    return run.seqs == list(range(1, len(run.seqs) + 1))
+
+
+def actor(service: Service, kind: str, index: int | None = None) -> Any:
+    import ray
+
+    name = actor_name(service.settings, kind, index)
+    return ray.get_actor(name, namespace=service.settings.namespace)
+
+
+async def agent_holding(service: Service, run_id: str) -> Any:
+    for index in range(service.settings.agent_actors):
+        handle = actor(service, "agent", index)
+        if await handle.holding.remote([run_id]):
+            return handle
+    raise AssertionError(f"no agent holds {run_id}")
+
+
+def kill(handle: Any) -> None:
+    import ray
+
+    ray.kill(handle, no_restart=False)
+
+
+async def test_agent_crash_fails_only_its_runs_and_new_chats_work(service: Service) -> None:
+    async with (
+        ChatClient(service.ws_url("u-crash-a")) as victim,
+        ChatClient(service.ws_url("u-crash-b")) as bystander,
+    ):
+        lost_id = await victim.start("a long answer in 400 words")
+        for _ in range(3):
+            await victim.next_of("message.delta")
+        doomed = await agent_holding(service, lost_id)
+        other_id = ""
+        for attempt in range(6):  # start a run on the other agent (round robin per shard)
+            candidate = await bystander.start(f"bystander {attempt} in 200 words")
+            if not await doomed.holding.remote([candidate]):
+                other_id = candidate
+                break
+            await bystander.until_final(candidate)
+        assert other_id, "no run landed on the surviving agent"
+        kill(doomed)
+        lost = await victim.until_final(lost_id)
+        other = await bystander.until_final(other_id)
+        assert lost.final is not None and lost.final["type"] == "run.failed"
+        assert lost.final["error"]["code"] == "internal"
+        assert contiguous(lost)  # the failure follows the last seq the socket saw
+        assert other.final is not None and other.final["type"] == "run.completed"
+        assert contiguous(other)
+        stored = service.query(
+            "SELECT role, status FROM messages WHERE run_id = ? ORDER BY id", lost_id
+        )
+        assert stored == [("user", "stored"), ("assistant", "failed")]
+        again = await victim.turn("are you back?")
+        assert again.final is not None and again.final["type"] == "run.completed"
+    # Resuming the lost run later still ends it, right after what the client had.
+    async with ChatClient(service.ws_url("u-crash-a")) as later:
+        await later.send({"type": "resume", "run_id": lost_id, "after_seq": 5})
+        final = await later.next_of("run.failed")
+        assert final["seq"] == 6 and final["run_id"] == lost_id
+
+
+async def test_shard_crash_keeps_running_runs_and_fails_queued_ones(service: Service) -> None:
+    user = "u-shard-crash"
+    async with ChatClient(service.ws_url(user)) as client:
+        running = await client.start("keep going in 300 words", session_id="s")
+        queued = await client.start("and then this", session_id="s")
+        await client.next_of("run.queued")
+        kill(actor(service, "shard", shard_for(user, service.settings.shards)))
+        first = await client.until_final(running)
+        second = await client.until_final(queued)
+        assert first.final is not None and first.final["type"] == "run.completed"
+        assert contiguous(first)
+        assert second.final is not None and second.final["type"] == "run.failed"
+        assert second.final["seq"] == 3  # accepted (1), queued (2), then the failure
+        rows = dict(
+            service.query(
+                "SELECT run_id, status FROM messages WHERE user_id = ? AND role = 'assistant'",
+                user,
+            )
+        )
+        assert rows == {running: "completed", queued: "failed"}
+        again = await client.turn("working again?", session_id="s")
+        assert again.final is not None and again.final["type"] == "run.completed"
+
+
+async def test_persistence_crash_loses_nothing_acknowledged(service: Service) -> None:
+    users = [f"u-db-crash-{i}" for i in range(8)]
+    async with asyncio.timeout(120):
+        clients = [ChatClient(service.ws_url(u)) for u in users]
+        for client in clients:
+            await client.__aenter__()
+        try:
+            for i, client in enumerate(clients):
+                await client.chat(f"question {i} in 60 words")
+            kill(actor(service, "persistence"))
+            outcomes: list[dict[str, Any]] = []
+            for client in clients:
+                while True:  # each chat ends in a final event, or an error if not stored
+                    event = await client.recv()
+                    if event["type"] == "error" or event["type"] in (
+                        "run.completed",
+                        "run.failed",
+                        "run.cancelled",
+                    ):
+                        outcomes.append(event)
+                        break
+            accepted = {
+                e["run_id"] for c in clients for e in c.received if e["type"] == "run.accepted"
+            }
+            for run_id in accepted:
+                rows = service.query(
+                    "SELECT role FROM messages WHERE run_id = ? AND role = 'user'", run_id
+                )
+                assert rows == [("user",)], run_id
+            wait_ready(service.http)
+            again = await clients[0].turn("after the database came back")
+            assert again.final is not None and again.final["type"] == "run.completed"
+        finally:
+            for client in clients:
+                await client.__aexit__(None, None, None)
