@@ -126,7 +126,16 @@ class IngressCore:
         )
         shard = self.handles.shard(user_id)
         limit = self.settings.max_sockets_per_user
-        if not await shard.connect.remote(user_id, self.replica_id, limit):
+        connecting = asyncio.wrap_future(
+            shard.connect.remote(user_id, self.replica_id, limit).future()
+        )
+        try:
+            admitted = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # Cancelled while the shard counts this socket: uncount it when it answers.
+            connecting.add_done_callback(lambda _: self._undo_connect(connecting, shard, user_id))
+            raise
+        if not admitted:
             await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
             return
         self._sockets.add(websocket)
@@ -140,6 +149,9 @@ class IngressCore:
         except WebSocketDisconnect:
             pass
         finally:
+            # Submit the disconnect first: if this handler is being cancelled, the
+            # awaits below may not run, but the shard still learns of the close.
+            disconnected = shard.disconnect.remote(user_id, self.replica_id)
             self.counters["closed"] += 1
             users = self._users.get(user_id)
             if users is not None:
@@ -155,9 +167,13 @@ class IngressCore:
                         "socket task of %s ended with an error", user_id, exc_info=result
                     )
             try:
-                await shard.disconnect.remote(user_id, self.replica_id)
+                await disconnected
             except Exception:
                 logger.exception("could not record the disconnect of %s", user_id)
+
+    def _undo_connect(self, connecting: asyncio.Future[bool], shard: Any, user_id: str) -> None:
+        if not connecting.cancelled() and connecting.exception() is None and connecting.result():
+            shard.disconnect.remote(user_id, self.replica_id)  # its result is not needed
 
     async def _supervise(self, websocket: WebSocket, conn: Connection) -> None:
         """Close a socket whose client stopped reading; replay runs it fell behind on."""

@@ -91,7 +91,10 @@ def deploy(settings: Settings) -> None:
     from serve_app import RaychatIngress
 
     # Two replicas: a user's sockets and resumes may land on either, as in production.
-    app = RaychatIngress.options(num_replicas=REPLICAS).bind(settings)
+    # A short drain budget: a redeploy cuts open sockets quickly (tests reconnect).
+    app = RaychatIngress.options(num_replicas=REPLICAS, graceful_shutdown_timeout_s=2).bind(
+        settings
+    )
     serve.run(app, name=APP_NAME, route_prefix="/")
 
 

@@ -204,3 +204,11 @@ async def test_stats_have_the_protocol_shape_and_agents_are_shared(service: Serv
     assert sorted(after["agent_manager"]["agents"]) == ["assistant", "organizer"]
     assert all({"shard", "users"} <= set(s) for s in after["shards"])
     assert after["persistence"]["written"] > before["persistence"]["written"]
+    # Every socket above is closed again: the shards' count of open sockets returns.
+    async with httpx.AsyncClient(base_url=service.http, headers=admin) as http:
+        for _ in range(100):
+            now = (await http.get("/api/websocket/performance/stats")).json()
+            if now["connections"]["active"] == before["connections"]["active"]:
+                break
+            await asyncio.sleep(0.1)  # disconnects reach the shards asynchronously
+        assert now["connections"]["active"] == before["connections"]["active"]
