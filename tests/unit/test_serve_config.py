@@ -1,0 +1,22 @@
+"""config/serve.yaml is a valid Serve config that deploys serve_app:app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve.yaml"
+
+
+def test_serve_yaml_is_a_valid_serve_config_for_the_app() -> None:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = schema.applications
+    assert app.import_path == "serve_app:app"
+    assert app.route_prefix == "/"
+    (deployment,) = app.deployments
+    assert deployment.name == "RaychatIngress"
+    # Every open socket holds a slot: thousands per replica, and a bounded queue.
+    assert deployment.max_ongoing_requests >= 2000
+    assert 0 < deployment.max_queued_requests < deployment.max_ongoing_requests
