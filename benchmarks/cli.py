@@ -176,7 +176,7 @@ def new_document(
     return {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": sys.argv,
+        "command": ["raychat", "bench", *sys.argv[1:]],
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
