@@ -163,23 +163,31 @@ class Persistence:
             self._known_sessions.add((user_id, session_id))
 
     async def begin_turn(
-        self, user_id: str, session_id: str, run_id: str, text_: str, client_msg_id: str | None
+        self,
+        user_id: str,
+        session_id: str,
+        run_id: str,
+        text_: str,
+        client_msg_id: str | None,
+        retry: bool = False,
     ) -> TurnRecord:
         """Store the user message and an empty `streaming` reply row, committed together.
 
         A `client_msg_id` this user already used returns the original turn with
-        `duplicate=True` and stores nothing.
+        `duplicate=True` and stores nothing. With `retry`, a turn already stored
+        under `run_id` (an earlier attempt whose answer was lost) is returned as is.
         """
 
         async def op(conn: AsyncConnection) -> TurnRecord:
-            retried = (
-                await conn.execute(
-                    select(messages.c.id, messages.c.role).where(messages.c.run_id == run_id)
-                )
-            ).all()
-            if retried:  # the same turn sent again after an unanswered attempt
-                ids = {row.role: row.id for row in retried}
-                return TurnRecord(run_id, ids["user"], ids.get("assistant", 0))
+            if retry:  # the same turn sent again after an unanswered attempt
+                stored = (
+                    await conn.execute(
+                        select(messages.c.id, messages.c.role).where(messages.c.run_id == run_id)
+                    )
+                ).all()
+                if stored:
+                    ids = {row.role: row.id for row in stored}
+                    return TurnRecord(run_id, ids["user"], ids.get("assistant", 0))
             if client_msg_id is not None:
                 row = (
                     await conn.execute(

@@ -58,7 +58,13 @@ class ShardStore(Protocol):
     """The persistence calls a shard makes."""
 
     async def begin_turn(
-        self, user_id: str, session_id: str, run_id: str, text_: str, client_msg_id: str | None
+        self,
+        user_id: str,
+        session_id: str,
+        run_id: str,
+        text_: str,
+        client_msg_id: str | None,
+        retry: bool = False,
     ) -> TurnRecord: ...
 
     async def finish_reply(
@@ -329,6 +335,7 @@ class UserShard:
                     request.run_id,
                     request.text,
                     request.client_msg_id,
+                    attempt > 0,
                 )
             except RaychatError:
                 raise

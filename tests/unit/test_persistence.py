@@ -428,3 +428,10 @@ async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(tmp_path: P
         assert await second.ping() is True
     finally:
         await second.close()
+
+
+async def test_a_retried_turn_is_found_by_run_id_not_stored_twice(p: Persistence) -> None:
+    first = await turn(p, "run-r")
+    again = await p.begin_turn("alice", "s1", "run-r", "hello", None, True)
+    assert again == first
+    assert await p.count_messages() == 2
