@@ -35,8 +35,6 @@ LOST_MESSAGE = "the run was lost: the actor running it stopped"
 class AgentPort(Protocol):
     """The agent-actor calls a shard makes."""
 
-    async def run_turn(self, spec: RunSpec) -> RunOutcome: ...
-
     async def cancel(self, run_id: str) -> bool: ...
 
     async def replay_and_subscribe(
@@ -111,6 +109,7 @@ class _Run:
     prelude: list[Event] = field(default_factory=list)
     subscribers: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    on_agent: bool = False  # started on its agent (from then on the agent reports its end)
     ended_at: float | None = None
     cancel_requested: bool = False
 
@@ -156,6 +155,7 @@ class UserShard:
         self._buckets: dict[str, TokenBucket] = {}
         self._next_agent = 0
         self._recovered: asyncio.Future[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.counts = {
@@ -403,15 +403,55 @@ class UserShard:
                 }
             )
             await self._start_on_some_agent(run, spec)
-            outcome = await self._agents[run.agent_index].run_turn(spec)
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("run %s was lost with its agent actor", run.run_id)
+            logger.exception("run %s could not be started on any agent", run.run_id)
             outcome = await self._settle_lost(
                 run.run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
             )
-        await self.run_ended(run.user_id, outcome)
+            await self.run_ended(run.user_id, outcome)
+            return
+        # From here its agent calls `run_ended`; the watchdog notices if the agent dies.
+        run.on_agent = True
+        self._watch_agents()
+
+    def _watch_agents(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._check_agents(), name=f"shard-{self.index}-watchdog"
+            )
+
+    async def _check_agents(self) -> None:
+        """Every `agent_check_s`, fail the runs an agent no longer holds (seen twice).
+
+        Ends when no run is on an agent; `_drive` starts it again.
+        """
+        suspects: set[str] = set()
+        while True:
+            await asyncio.sleep(self._settings.agent_check_s)  # a periodic check
+            running = [r for r in self._runs.values() if r.on_agent and r.ended_at is None]
+            if not running:
+                return
+            by_agent: dict[int, list[str]] = {}
+            for run in running:
+                by_agent.setdefault(run.agent_index, []).append(run.run_id)
+            held: set[str] = set()
+            for index, run_ids in by_agent.items():
+                try:
+                    held.update(await self._agents[index].holding(run_ids))
+                except Exception:
+                    logger.warning("agent %d did not answer the watchdog", index)
+            missing = {run.run_id for run in running if run.run_id not in held}
+            for run_id in missing & suspects:
+                run = self._runs[run_id]
+                if run.ended_at is None and run.spec is not None:
+                    logger.error("run %s was lost with its agent actor", run_id)
+                    outcome = await self._settle_lost(
+                        run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
+                    )
+                    await self.run_ended(run.user_id, outcome)
+            suspects = missing - suspects
 
     async def _start_on_some_agent(self, run: _Run, spec: RunSpec) -> None:
         """Start the run on its agent, or on the next one while an agent is down."""
@@ -488,11 +528,14 @@ class UserShard:
             run_id = row["run_id"]
             if run_id in held:  # still running: track it so its end frees its session
                 run = _Run(run_id, row["user_id"], row["session_id"], held[run_id], "running")
+                run.on_agent = True
                 self._runs[run_id] = run
                 lane = self._lanes.setdefault((run.user_id, run.session_id), _Lane())
                 lane.active = lane.active or run_id
             else:
                 await self._settle_lost(run_id, row["user_id"], row["id"], 0)
+        if held:
+            self._watch_agents()
         logger.warning("shard %d recovered %d runs (%d running)", self.index, len(rows), len(held))
 
     def owner_ref(self) -> Any:
@@ -638,7 +681,10 @@ class UserShard:
         return {"contexts": self.contexts.cleanup(), "runs": runs}
 
     async def stop(self) -> None:
-        """Wait for the drive tasks of running runs (their agents store them)."""
+        """Stop the watchdog and wait for runs being started (their agents store them)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
