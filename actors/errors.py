@@ -68,21 +68,3 @@ class AuthError(RaychatError):
     """The token is missing, invalid or expired."""
 
     code = "unauthenticated"
-
-
-class Forbidden(RaychatError):
-    """The token is valid but may not act on this resource."""
-
-    code = "forbidden"
-
-
-class ModelFailure(RaychatError):
-    """The model or agent run failed."""
-
-    code = "model_error"
-
-
-class StorageError(RaychatError):
-    """The database did not accept a write or read."""
-
-    code = "internal"

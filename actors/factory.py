@@ -173,15 +173,3 @@ def ensure_actors(settings: Settings) -> ActorHandles:
         for i in range(settings.shards)
     ]
     return ActorHandles(persistence=persistence, agents=agents, shards=shards)
-
-
-def kill_actors(settings: Settings) -> None:
-    """Stop every actor of the service (tests and `raychat` maintenance)."""
-    names = [actor_name(settings, "persistence")]
-    names += [actor_name(settings, "agent", i) for i in range(settings.agent_actors)]
-    names += [actor_name(settings, "shard", i) for i in range(settings.shards)]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
-        except ValueError:
-            continue
