@@ -332,10 +332,6 @@ class AgentManager:
             self.buffers_expired += self.hub.cleanup()
         return await self.hub.poll(replica_id, timeout_s)
 
-    async def subscribe(self, replica_id: str, run_id: str, after_seq: int) -> bool:
-        """Start sending a run's events after `after_seq` to a replica."""
-        return self.hub.subscribe(replica_id, run_id, after_seq)
-
     async def replay_and_subscribe(
         self, run_id: str, after_seq: int, replica_id: str
     ) -> list[Event] | None:
@@ -390,6 +386,7 @@ class AgentManager:
             "active": self.hub.active_runs,
             "buffered_runs": self.hub.buffered_runs,
             "buffers_expired": self.buffers_expired,
+            "buffers_evicted": self.hub.evicted,
             "polls": self.hub.polls,
             "events_sent": self.hub.events_sent,
             "tokens_emitted": getattr(self.model, "tokens_emitted", None),

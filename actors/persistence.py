@@ -29,6 +29,15 @@ from config import Settings
 logger = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("completed", "cancelled", "failed")
+# What a reply row says about its run's end (see UserShard._final_from_row).
+REPLY_COLUMNS = (
+    messages.c.id,
+    messages.c.text,
+    messages.c.status,
+    messages.c.session_id,
+    messages.c.final_seq,
+    messages.c.error_code,
+)
 
 
 @dataclass(frozen=True)
@@ -270,14 +279,7 @@ class Persistence:
                 .values(status="failed", error_code=error_code, updated_at=time.time())
             )
             row = (
-                await conn.execute(
-                    select(
-                        messages.c.text,
-                        messages.c.status,
-                        messages.c.final_seq,
-                        messages.c.error_code,
-                    ).where(messages.c.id == reply_message_id)
-                )
+                await conn.execute(select(*REPLY_COLUMNS).where(messages.c.id == reply_message_id))
             ).one()
             return dict(row._mapping)
 
@@ -415,14 +417,7 @@ class Persistence:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(
-                        messages.c.id,
-                        messages.c.text,
-                        messages.c.status,
-                        messages.c.session_id,
-                        messages.c.final_seq,
-                        messages.c.error_code,
-                    ).where(
+                    select(*REPLY_COLUMNS).where(
                         messages.c.run_id == run_id,
                         messages.c.user_id == user_id,
                         messages.c.role == "assistant",

@@ -64,6 +64,7 @@ def merge_stats(
             "polls": sum(a["polls"] for a in agents),
             "events_sent": sum(a["events_sent"] for a in agents),
             "buffered_runs": sum(a["buffered_runs"] for a in agents),
+            "buffers_evicted": sum(a.get("buffers_evicted", 0) for a in agents),
             "tokens_emitted": sum(a.get("tokens_emitted") or 0 for a in agents),
         },
         "session_cache": {**session, "hit_rate": _rate(session["hits"], session["misses"])},
