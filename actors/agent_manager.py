@@ -138,6 +138,7 @@ class AgentManager:
         observer: RunOwner | None = None,
         model: Model | None = None,
         clock: Callable[[], float] = time.monotonic,
+        report_ends: bool = True,
     ) -> None:
         self._settings = settings
         self._services = services
@@ -158,6 +159,10 @@ class AgentManager:
         self._outcomes: OrderedDict[str, RunOutcome] = OrderedDict()  # recent, for run_turn
         self._streams: dict[str, RunResultStreaming] = {}
         self._cancel_requested: set[str] = set()
+        # Tell every run's owner of its end (`run_ended`), or only when asked (`report_end`):
+        # actor wiring learns most ends from the replicas and the watchdog, saving a call.
+        self._report_ends = report_ends
+        self._report_requested: set[str] = set()
         self.counts = {"started": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.ttft_ms = LatencyWindow()
         self.processing_ms = LatencyWindow()
@@ -195,11 +200,14 @@ class AgentManager:
 
         Returns once the reply is stored and the final event emitted.
         """
-        done = self._outcomes.get(spec.run_id)
-        if done is not None:
-            return done
-        await self.start_run(spec)
-        return await asyncio.shield(self._tasks[spec.run_id])
+        task = self._tasks.get(spec.run_id)
+        if task is None:
+            done = self._outcomes.get(spec.run_id)
+            if done is not None:
+                return done
+            await self.start_run(spec)
+            task = self._tasks[spec.run_id]
+        return await asyncio.shield(task)
 
     def owner_of(self, spec: RunSpec) -> RunOwner:
         """The owner to notify for `spec`: its `owner`, else the manager's observer."""
@@ -213,14 +221,37 @@ class AgentManager:
     def _forget_task(self, task: asyncio.Task[RunOutcome]) -> None:
         run_id = task.get_name().removeprefix("run-")
         self._tasks.pop(run_id, None)
+        self._report_requested.discard(run_id)
         if task.cancelled():
             return
         if task.exception() is not None:
             logger.error("run task %s crashed", run_id, exc_info=task.exception())
             return
-        self._outcomes[run_id] = task.result()
+        self._remember_outcome(task.result())
+
+    def _remember_outcome(self, outcome: RunOutcome) -> None:
+        self._outcomes[outcome.run_id] = outcome
         while len(self._outcomes) > OUTCOMES_KEPT:
             self._outcomes.popitem(last=False)
+
+    async def report_end(self, run_id: str) -> RunOutcome | None:
+        """How `run_id` ended, or None while it runs; then its end is reported to its owner.
+
+        None also when this actor does not know the run (the owner's watchdog decides).
+        """
+        outcome = self._outcomes.get(run_id)
+        if outcome is None and run_id in self._tasks:
+            self._report_requested.add(run_id)
+        return outcome
+
+    async def runs_status(self, run_ids: list[str]) -> dict[str, RunOutcome | None]:
+        """For each run this actor knows: its outcome, or None while it runs."""
+        status: dict[str, RunOutcome | None] = {}
+        for run_id in run_ids:
+            outcome = self._outcomes.get(run_id)
+            if outcome is not None or run_id in self._tasks:
+                status[run_id] = outcome
+        return status
 
     async def cancel(self, run_id: str) -> bool:
         """Ask a running run to stop; False if this actor is not running it."""
@@ -298,10 +329,12 @@ class AgentManager:
             logger.exception("could not store the reply of run %s", spec.run_id)
             status, error = "failed", ("internal", "the reply could not be stored")
         outcome = RunOutcome(spec.run_id, status, text, spec.reply_message_id)
-        try:
-            await self.owner_of(spec).run_ended(spec.user_id, outcome)
-        except Exception:
-            logger.exception("could not tell the shard that run %s ended", spec.run_id)
+        self._remember_outcome(outcome)  # from here `report_end` answers with it
+        if self._report_ends or spec.run_id in self._report_requested:
+            try:
+                await self.owner_of(spec).run_ended(spec.user_id, outcome)
+            except Exception:
+                logger.exception("could not tell the shard that run %s ended", spec.run_id)
         final: Event
         if status == "completed":
             final = {"type": RUN_COMPLETED, "message_id": spec.reply_message_id, "text": text}

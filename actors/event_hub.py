@@ -16,14 +16,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from actors.events import FINAL_TYPES, MESSAGE_DELTA, Event, encode
+from actors.events import (
+    FINAL_TYPES,
+    MESSAGE_DELTA,
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    Event,
+    encode,
+)
 from actors.run_buffer import RunBuffer
 
 Clock = Callable[[], float]
-# One poll answer: (user_id, run_id, seq of the first event, [encoded events]) per run
-# with news; the events of one entry have contiguous seqs. A first seq of 0 marks a
-# relative entry (see `broadcast`): the receiver numbers it after what it has sent.
-PollBatch = list[tuple[str, str, int, list[str]]]
+# How a run ended, as the final event of a poll entry says: (status, reply text).
+RunEnd = tuple[str, str]
+# One poll answer: (user_id, run_id, seq of the first event, [encoded events], end) per
+# run with news; the events of one entry have contiguous seqs, and `end` is set when
+# they include the run's final event. A first seq of 0 marks a relative entry (see
+# `broadcast`): the receiver numbers it after what it has sent (its `end` is None).
+PollEntry = tuple[str, str, int, list[str], RunEnd | None]
+PollBatch = list[PollEntry]
+_STATUS = {RUN_COMPLETED: "completed", RUN_CANCELLED: "cancelled", RUN_FAILED: "failed"}
 
 
 @dataclass
@@ -166,7 +179,10 @@ class EventHub:
                 sub.cursors[run_id] = events[-1]["seq"]
                 encoded = [encode(e) for e in events]
                 first = 0 if buffer.relative else events[0]["seq"]
-                batch.append((buffer.user_id, run_id, first, encoded))
+                end: RunEnd | None = None
+                if not buffer.relative and events[-1]["type"] in FINAL_TYPES:
+                    end = (_STATUS[events[-1]["type"]], buffer.text)
+                batch.append((buffer.user_id, run_id, first, encoded, end))
                 self.events_sent += len(events)
             if buffer.finished and sub.cursors[run_id] >= buffer.last_seq:
                 del sub.cursors[run_id]

@@ -8,6 +8,7 @@ replica calls `ensure_actors`, which creates the actors once or finds them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -91,19 +92,56 @@ class _HandleServices:
         await self._db.finish_reply(reply_message_id, text_, status, final_seq, error_code)
 
 
+class _NamedActorCaller:
+    """Calls a named actor's methods as coroutines, finding its handle on first use."""
+
+    def __init__(self, name: str, namespace: str) -> None:
+        self._name = name
+        self._namespace = namespace
+        self._caller: RemoteCaller | None = None
+        self._lock = asyncio.Lock()
+
+    async def _resolve(self) -> RemoteCaller:
+        async with self._lock:
+            if self._caller is None:
+                # `ray.get_actor` blocks (GCS lookup): once per actor, off the event loop.
+                handle = await asyncio.to_thread(ray.get_actor, self._name, self._namespace)
+                self._caller = RemoteCaller(handle)
+        return self._caller
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            caller = self._caller or await self._resolve()
+            return await getattr(caller, name)(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+
 class AgentActor(AgentManager):
     """An agent manager whose tools and store are the persistence actor.
 
-    Each run's owner arrives in its `RunSpec` as the shard actor's own handle.
+    Each run's owner arrives in its `RunSpec` as its shard's index (cheaper to
+    send than a handle); the shard's handle is looked up by name once. Ends are
+    reported to shards only on request: they learn them from replicas and
+    their watchdog (see `UserShard`).
     """
 
     def __init__(self, settings: Settings, persistence: Any) -> None:
         services = _HandleServices(persistence)
-        super().__init__(settings, services=services, store=services)
+        super().__init__(settings, services=services, store=services, report_ends=False)
+        self._shards: dict[int, _NamedActorCaller] = {}
 
     def wrap_owner(self, owner: Any) -> RunOwner:
-        """Call the owning shard actor through its handle."""
-        port: RunOwner = RemoteCaller(owner)
+        """The owning shard actor, by its index."""
+        caller = self._shards.get(owner)
+        if caller is None:
+            name = actor_name(self._settings, "shard", owner)
+            caller = self._shards[owner] = _NamedActorCaller(name, self._settings.namespace)
+        port: RunOwner = caller
         return port
 
     async def ping(self) -> bool:
@@ -122,13 +160,10 @@ class ShardActor(UserShard):
             agents=[RemoteCaller(agent) for agent in agents],
             agent_names=AGENT_NAMES,
         )
-        self._handle: Any = None
 
     def owner_ref(self) -> Any:
-        """This shard actor's own handle, which agents call back."""
-        if self._handle is None:
-            self._handle = ray.get_runtime_context().current_actor
-        return self._handle
+        """This shard's index: agents find the shard actor by name."""
+        return self.index
 
     async def ping(self) -> bool:
         """Liveness for `/readyz`."""

@@ -35,6 +35,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_LARGE = 1009
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
+ENDS_KEPT_PER_USER = 64
 
 
 def remote_cause(exc: BaseException) -> BaseException:
@@ -51,6 +52,8 @@ class IngressCore:
         self.handles = handles
         self.replica_id = uuid.uuid4().hex
         self._users: dict[str, set[Connection]] = {}
+        # user id -> run id -> (status, text) of runs whose final event was delivered here
+        self._ended: dict[str, dict[str, tuple[str, str]]] = {}
         self._pollers: list[asyncio.Task[None]] = []
         self._sockets: set[WebSocket] = set()
         self.counters = dict.fromkeys(
@@ -104,10 +107,20 @@ class IngressCore:
                 self.dispatch(batch)
 
     def dispatch(self, batch: PollBatch) -> None:
-        """Hand each run's new events to every socket of its user on this replica."""
-        for user_id, run_id, first_seq, texts in batch:
-            for conn in self._users.get(user_id, ()):
+        """Hand each run's new events to every socket of its user on this replica.
+
+        Ends of runs are kept per connected user and go to the user's shard with
+        the next chat: the shard learns most ends this way, without a call of their own.
+        """
+        for user_id, run_id, first_seq, texts, end in batch:
+            conns = self._users.get(user_id, ())
+            for conn in conns:
                 conn.deliver(run_id, first_seq, texts)
+            if end is not None and conns:
+                ended = self._ended.setdefault(user_id, {})
+                ended[run_id] = end
+                if len(ended) > ENDS_KEPT_PER_USER:  # the shard's watchdog learns the rest
+                    del ended[next(iter(ended))]
 
     # -- sockets ---------------------------------------------------------------
     @property
@@ -158,6 +171,7 @@ class IngressCore:
                 users.discard(conn)
                 if not users:
                     del self._users[user_id]
+                    self._ended.pop(user_id, None)
             self._sockets.discard(websocket)
             for task in (sender, supervisor):
                 task.cancel()
@@ -263,6 +277,10 @@ class IngressCore:
                 client_msg_id=message.client_msg_id,
                 agent=message.agent,
                 on_busy=message.on_busy,
+                ended=tuple(
+                    (run_id, status, text)
+                    for run_id, (status, text) in self._ended.pop(conn.user_id, {}).items()
+                ),
             )
             events = await shard.chat.remote(request)
             for event in events:

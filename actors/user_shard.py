@@ -51,6 +51,10 @@ class AgentPort(Protocol):
 
     async def holding(self, run_ids: list[str]) -> list[str]: ...
 
+    async def report_end(self, run_id: str) -> RunOutcome | None: ...
+
+    async def runs_status(self, run_ids: list[str]) -> dict[str, RunOutcome | None]: ...
+
 
 class ShardStore(Protocol):
     """The persistence calls a shard makes."""
@@ -94,6 +98,8 @@ class ChatRequest:
     client_msg_id: str | None = None
     agent: str | None = None
     on_busy: str = "enqueue"
+    # Runs of this user whose final event the replica delivered: (run_id, status, text).
+    ended: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -156,6 +162,7 @@ class UserShard:
         self._next_agent = 0
         self._recovered: asyncio.Future[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._asking: dict[str, asyncio.Task[None]] = {}  # run id -> "has it ended?" call
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.counts = {
@@ -260,7 +267,10 @@ class UserShard:
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
         self._take_token(request.user_id)
+        for run_id, status, text in request.ended:
+            self._end_run(request.user_id, run_id, status, text)
         key = (request.user_id, request.session_id)
+        await self._settle_active(key)
         lane = self._lanes.setdefault(key, _Lane())
         busy = lane.active is not None
         if busy and request.on_busy == "reject":
@@ -436,13 +446,19 @@ class UserShard:
             by_agent: dict[int, list[str]] = {}
             for run in running:
                 by_agent.setdefault(run.agent_index, []).append(run.run_id)
-            held: set[str] = set()
+            known: set[str] = set()
             for index, run_ids in by_agent.items():
                 try:
-                    held.update(await self._agents[index].holding(run_ids))
+                    status = await self._agents[index].runs_status(run_ids)
                 except Exception:
                     logger.warning("agent %d did not answer the watchdog", index)
-            missing = {run.run_id for run in running if run.run_id not in held}
+                    continue
+                known.update(status)
+                for run_id, outcome in status.items():
+                    ended = self._runs.get(run_id)
+                    if outcome is not None and ended is not None:
+                        self._end_run(ended.user_id, run_id, outcome.status, outcome.text)
+            missing = {run.run_id for run in running if run.run_id not in known}
             for run_id in missing & suspects:
                 run = self._runs[run_id]
                 if run.ended_at is None and run.spec is not None:
@@ -543,21 +559,59 @@ class UserShard:
         return self
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
-        """An agent finished a run (called before its final event goes out; idempotent)."""
+        """A run ended (an agent reports it before its final event goes out; idempotent)."""
         await self._ready()
-        run = self._owned(user_id, outcome.run_id)
+        self._end_run(user_id, outcome.run_id, outcome.status, outcome.text)
+
+    def _end_run(self, user_id: str, run_id: str, status: str, text: str) -> None:
+        """Record how a run ended, remember the turn, and free or advance its lane.
+
+        Ends arrive from three places: the replicas that delivered the final event
+        (with the user's next chat), the agent when asked (`report_end`), and the
+        watchdog. The first one counts; the others are ignored.
+        """
+        run = self._owned(user_id, run_id)
         if run is None or run.ended_at is not None:
             return
-        run.status = outcome.status
+        run.status = status
         run.ended_at = self._clock()
         if run.spec is not None:
-            self._remember_turn(run, run.spec.text, outcome.text)
+            self._remember_turn(run, run.spec.text, text)
         lane = self._lanes.get((run.user_id, run.session_id))
         if lane is not None and lane.active == run.run_id:
             lane.active = None
             self._advance(lane)
             if lane.active is None and not lane.queue:
                 self._lanes.pop((run.user_id, run.session_id), None)
+
+    async def _settle_active(self, key: tuple[str, str]) -> None:
+        """If the lane's active run is on an agent, ask the agent whether it has ended.
+
+        The agent answers with the outcome (the lane is freed now) or, while the run
+        goes on, reports its end when it comes, so runs queued behind it start.
+        Concurrent chats of the lane share one question and go on in arrival order.
+        """
+        lane = self._lanes.get(key)
+        run = None if lane is None or lane.active is None else self._runs.get(lane.active)
+        if run is None or not run.on_agent or run.ended_at is not None:
+            return
+        asking = self._asking.get(run.run_id)
+        if asking is None:
+            asking = asyncio.get_running_loop().create_task(
+                self._ask_end(run), name=f"ask-end-{run.run_id}"
+            )
+            self._asking[run.run_id] = asking
+            asking.add_done_callback(lambda _: self._asking.pop(run.run_id, None))
+        await asyncio.shield(asking)
+
+    async def _ask_end(self, run: _Run) -> None:
+        try:
+            outcome = await self._agents[run.agent_index].report_end(run.run_id)
+        except Exception:
+            logger.warning("agent %d did not say whether run %s ended", run.agent_index, run.run_id)
+            return
+        if outcome is not None:
+            self._end_run(run.user_id, run.run_id, outcome.status, outcome.text)
 
     def _advance(self, lane: _Lane) -> None:
         while lane.active is None and lane.queue:
@@ -589,8 +643,12 @@ class UserShard:
             return []
         if run.status == "running":
             run.cancel_requested = True
-            await self._agents[run.agent_index].cancel(run_id)
-            return []
+            if await self._agents[run.agent_index].cancel(run_id) or not run.on_agent:
+                return []
+            await self._ask_end(run)  # it ended before the cancel reached it
+        final = await self._final_event(run)
+        return [] if final is None else [final]
+
         final = await self._final_event(run)
         return [] if final is None else [final]
 
@@ -685,6 +743,7 @@ class UserShard:
         if self._watchdog is not None:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
+        await asyncio.gather(*self._asking.values(), return_exceptions=True)
         tasks = [run.task for run in self._runs.values() if run.task and not run.task.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -124,7 +124,7 @@ class SerialBackend(Backend):
         delivered = 1
         while True:
             batch = await manager.poll(LISTENER, self.settings.poll_timeout_s)
-            for _user, _run, first_seq, texts in batch:
+            for _user, _run, first_seq, texts, _end in batch:
                 conn.deliver(run_id, first_seq, texts)
                 delivered = first_seq + len(texts) - 1
             buffer = manager.hub.get(run_id)

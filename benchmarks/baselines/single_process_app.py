@@ -76,7 +76,7 @@ class InProcessBackend(Backend):
         try:
             while True:
                 batch = await self.manager.poll(self.replica_id, self.settings.poll_timeout_s)
-                for user_id, run_id, first_seq, texts in batch:
+                for user_id, run_id, first_seq, texts, _end in batch:
                     for conn in self._users.get(user_id, ()):
                         conn.deliver(run_id, first_seq, texts)
         except asyncio.CancelledError:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from actors.event_hub import EventHub, PollBatch
-from actors.events import Event
+from actors.events import FINAL_TYPES, Event
 
 LONG = 60.0  # a coalescing interval no test run ever reaches
 NOTHING = 0.01  # how long to watch for "nothing arrives"
@@ -39,10 +39,17 @@ def completed(text: str = "") -> Event:
 def decode(batch: PollBatch) -> dict[str, list[dict[str, Any]]]:
     """run_id -> decoded events, checking each entry's shape and contiguous seqs."""
     runs: dict[str, list[dict[str, Any]]] = {}
-    for user_id, run_id, first_seq, encoded in batch:
+    for user_id, run_id, first_seq, encoded, end in batch:
         assert isinstance(user_id, str)
         assert all(isinstance(text, str) for text in encoded)
         events = [json.loads(text) for text in encoded]
+        last = events[-1]
+        if first_seq == 0 or last["type"] not in FINAL_TYPES:
+            assert end is None  # only a real run's final event carries its end
+        else:
+            status = last["type"].removeprefix("run.")
+            assert end is not None and end[0] == status
+            assert end[1] == last.get("text", end[1])
         assert [e["seq"] for e in events] == list(range(first_seq, first_seq + len(events)))
         assert {e["run_id"] for e in events} == {run_id}
         assert run_id not in runs
@@ -95,12 +102,25 @@ async def test_subscribe_then_poll_returns_the_batch_shape(hub: EventHub) -> Non
     assert hub.subscribe("replica", "r1", 0) is True
     batch = await poll_now(hub, "replica")
     assert len(batch) == 1
-    user_id, run_id, first_seq, encoded = batch[0]
-    assert (user_id, run_id, first_seq) == ("alice", "r1", 1)
+    user_id, run_id, first_seq, encoded, end = batch[0]
+    assert (user_id, run_id, first_seq, end) == ("alice", "r1", 1, None)
     events = [json.loads(text) for text in encoded]
     assert [(e["type"], e["seq"]) for e in events] == [("run.accepted", 1), ("run.started", 2)]
     assert hub.events_sent == 2
     assert hub.polls == 1
+
+
+async def test_the_entry_with_the_final_event_carries_the_run_end(hub: EventHub) -> None:
+    hub.open_run("r1", "alice", [ACCEPTED, STARTED, delta("Hel")])
+    hub.subscribe("replica", "r1", 0)
+    assert [entry[4] for entry in await poll_now(hub, "replica")] == [None]
+    hub.emit("r1", delta("lo"))
+    hub.emit("r1", completed("Hello"))
+    assert [entry[4] for entry in await poll_now(hub, "replica")] == [("completed", "Hello")]
+    hub.open_run("r2", "alice", [ACCEPTED, STARTED, delta("part")])
+    hub.subscribe("replica", "r2", 0)
+    hub.emit("r2", {"type": "run.failed", "error": {"code": "model_error", "message": "x"}})
+    assert [entry[4] for entry in await poll_now(hub, "replica")] == [("failed", "part")]
 
 
 async def test_subscribe_after_seq_skips_earlier_events(hub: EventHub) -> None:
@@ -138,7 +158,7 @@ async def test_replica_gets_only_its_subscribed_runs(hub: EventHub) -> None:
     assert set(decode(await poll_now(hub, "A"))) == {"r1"}
     batch_b = await poll_now(hub, "B")
     assert set(decode(batch_b)) == {"r2", "r3"}
-    assert {(user, run) for user, run, _, _ in batch_b} == {("bob", "r2"), ("carol", "r3")}
+    assert {(user, run) for user, run, _, _, _ in batch_b} == {("bob", "r2"), ("carol", "r3")}
     hub.emit("r2", STARTED)
     assert await hub.poll("A", NOTHING) == []
     assert set(decode(await poll_now(hub, "B"))) == {"r2"}

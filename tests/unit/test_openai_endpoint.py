@@ -316,7 +316,7 @@ async def run_and_collect(manager: AgentManager, run: RunSpec) -> tuple[RunOutco
         while not events or events[-1]["type"] not in FINAL_TYPES:
             batch = await manager.poll(REPLICA, POLL_BOUND_S)
             assert batch, f"no event for {POLL_BOUND_S}s; got so far: {events}"
-            for _user_id, run_id, first_seq, encoded in batch:
+            for _user_id, run_id, first_seq, encoded, _end in batch:
                 assert run_id == run.run_id
                 decoded = [orjson.loads(item) for item in encoded]
                 assert decoded[0]["seq"] == first_seq

@@ -1,0 +1,92 @@
+"""How an agent manager tells a run's owner that it ended: always, or only when asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.agent_manager import AgentManager, RunOutcome, RunSpec
+from actors.sim_model import SimulatedModel
+from config import Settings
+
+
+class Services:
+    async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
+        return {"id": 1, "text": text, "done": False}
+
+    async def complete_todo(self, user_id: str, todo_id: int) -> dict[str, Any] | None:
+        return None
+
+    async def set_preference(self, user_id: str, key: str, value: str) -> dict[str, str]:
+        return {"key": key, "value": value}
+
+    async def load_context(self, user_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        return {}, []
+
+
+class Store:
+    async def finish_reply(
+        self,
+        reply_message_id: int,
+        text_: str,
+        status: str,
+        final_seq: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        return None
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.ended: list[str] = []
+
+    async def invalidate_context(self, user_id: str) -> bool:
+        return True
+
+    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
+        self.ended.append(outcome.run_id)
+
+
+def manager(owner: Owner, *, report_ends: bool) -> AgentManager:
+    model = SimulatedModel(ttft_s=0.01, tokens_per_s=1000, reply_tokens=5)
+    return AgentManager(
+        Settings(),
+        services=Services(),
+        store=Store(),
+        observer=owner,
+        model=model,
+        report_ends=report_ends,
+    )
+
+
+def spec(run_id: str) -> RunSpec:
+    return RunSpec(run_id=run_id, user_id="u", session_id="s", text="hi", reply_message_id=7)
+
+
+async def test_by_default_every_end_is_reported() -> None:
+    owner = Owner()
+    outcome = await manager(owner, report_ends=True).run_turn(spec("r1"))
+    assert outcome.status == "completed" and owner.ended == ["r1"]
+
+
+async def test_unasked_ends_are_not_reported_but_can_be_queried() -> None:
+    owner = Owner()
+    agents = manager(owner, report_ends=False)
+    outcome = await agents.run_turn(spec("r1"))
+    assert owner.ended == []
+    assert await agents.runs_status(["r1", "unknown"]) == {"r1": outcome}
+    assert await agents.report_end("r1") == outcome
+    assert owner.ended == []  # it had ended: the answer is the report
+
+
+async def test_an_end_asked_for_while_running_is_reported_once() -> None:
+    owner = Owner()
+    agents = manager(owner, report_ends=False)
+    await agents.start_run(spec("r1"))
+    await agents.start_run(spec("r2"))
+    assert await agents.runs_status(["r1", "r2"]) == {"r1": None, "r2": None}
+    assert await agents.report_end("r1") is None  # still running: armed
+    assert await agents.report_end("r1") is None
+    await agents.run_turn(spec("r1"))
+    await agents.run_turn(spec("r2"))
+    assert owner.ended == ["r1"]
+    assert (await agents.runs_status(["r2"]))["r2"] is not None
