@@ -40,6 +40,14 @@ REPLY_COLUMNS = (
 )
 
 
+@dataclass
+class UserContext:
+    """What the agent knows about a user: preferences and open todos."""
+
+    preferences: dict[str, str] = field(default_factory=dict)
+    todos: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class TurnRecord:
     """The stored user message of a turn and the reply row that will hold the answer."""
@@ -48,14 +56,9 @@ class TurnRecord:
     user_message_id: int
     reply_message_id: int
     duplicate: bool = False
-
-
-@dataclass
-class UserContext:
-    """What the agent knows about a user: preferences and open todos."""
-
-    preferences: dict[str, str] = field(default_factory=dict)
-    todos: list[dict[str, Any]] = field(default_factory=list)
+    # Read with the turn when asked (`begin_turn(..., context=True, history_limit=N)`).
+    context: UserContext | None = None
+    history: list[dict[str, str]] | None = None
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -179,12 +182,17 @@ class Persistence:
         text_: str,
         client_msg_id: str | None,
         retry: bool = False,
+        context: bool = False,
+        history_limit: int = 0,
     ) -> TurnRecord:
         """Store the user message and an empty `streaming` reply row, committed together.
 
         A `client_msg_id` this user already used returns the original turn with
         `duplicate=True` and stores nothing. With `retry`, a turn already stored
         under `run_id` (an earlier attempt whose answer was lost) is returned as is.
+        A new turn can also bring back, read in the same call before it is stored,
+        the user's context (`context=True`) and the session's last `history_limit`
+        messages: a first message then costs one call instead of three.
         """
 
         async def op(conn: AsyncConnection) -> TurnRecord:
@@ -213,6 +221,8 @@ class Persistence:
                         )
                     )
                     return TurnRecord(row.run_id, row.id, reply or 0, duplicate=True)
+            loaded = await self._read_context(conn, user_id) if context else None
+            history = await self._read_conversation(conn, user_id, session_id, history_limit)
             await self._ensure_user_session(conn, user_id, session_id)
             now = time.time()
             base = {"user_id": user_id, "session_id": session_id, "run_id": run_id}
@@ -237,7 +247,13 @@ class Persistence:
                     updated_at=now,
                 )
             )
-            return TurnRecord(run_id, _new_id(user_row), _new_id(reply_row))
+            return TurnRecord(
+                run_id,
+                _new_id(user_row),
+                _new_id(reply_row),
+                context=loaded,
+                history=history if history_limit > 0 else None,
+            )
 
         record: TurnRecord = await self._write(op)
         return record
@@ -342,20 +358,24 @@ class Persistence:
         await self.start()
         self.reads += 1
         async with self._engine.connect() as conn:
-            prefs = await conn.execute(
-                select(preferences.c.key, preferences.c.value)
-                .where(preferences.c.user_id == user_id)
-                .order_by(preferences.c.key)
-            )
-            open_todos = await conn.execute(
-                select(todos.c.id, todos.c.text)
-                .where(todos.c.user_id == user_id, todos.c.done.is_(False))
-                .order_by(todos.c.id)
-            )
-            return UserContext(
-                preferences={row.key: row.value for row in prefs},
-                todos=[{"id": row.id, "text": row.text} for row in open_todos],
-            )
+            return await self._read_context(conn, user_id)
+
+    @staticmethod
+    async def _read_context(conn: AsyncConnection, user_id: str) -> UserContext:
+        prefs = await conn.execute(
+            select(preferences.c.key, preferences.c.value)
+            .where(preferences.c.user_id == user_id)
+            .order_by(preferences.c.key)
+        )
+        open_todos = await conn.execute(
+            select(todos.c.id, todos.c.text)
+            .where(todos.c.user_id == user_id, todos.c.done.is_(False))
+            .order_by(todos.c.id)
+        )
+        return UserContext(
+            preferences={row.key: row.value for row in prefs},
+            todos=[{"id": row.id, "text": row.text} for row in open_todos],
+        )
 
     async def load_conversation(
         self, user_id: str, session_id: str, limit: int, exclude_run_id: str | None = None
@@ -367,22 +387,32 @@ class Persistence:
         """
         await self.start()
         self.reads += 1
+        async with self._engine.connect() as conn:
+            return await self._read_conversation(conn, user_id, session_id, limit, exclude_run_id)
+
+    @staticmethod
+    async def _read_conversation(
+        conn: AsyncConnection,
+        user_id: str,
+        session_id: str,
+        limit: int,
+        exclude_run_id: str | None = None,
+    ) -> list[dict[str, str]]:
         if limit <= 0:
             return []
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(messages.c.role, messages.c.text)
-                .where(
-                    messages.c.user_id == user_id,
-                    messages.c.session_id == session_id,
-                    messages.c.status.in_(("stored", *FINAL_STATUSES)),
-                    messages.c.text != "",
-                    messages.c.run_id != (exclude_run_id or ""),
-                )
-                .order_by(messages.c.id.desc())
-                .limit(limit)
+        rows = await conn.execute(
+            select(messages.c.role, messages.c.text)
+            .where(
+                messages.c.user_id == user_id,
+                messages.c.session_id == session_id,
+                messages.c.status.in_(("stored", *FINAL_STATUSES)),
+                messages.c.text != "",
+                messages.c.run_id != (exclude_run_id or ""),
             )
-            return [{"role": row.role, "content": row.text} for row in reversed(rows.all())]
+            .order_by(messages.c.id.desc())
+            .limit(limit)
+        )
+        return [{"role": row.role, "content": row.text} for row in reversed(rows.all())]
 
     async def history(
         self, user_id: str, session_id: str, limit: int, before: int | None

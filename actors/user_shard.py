@@ -67,6 +67,8 @@ class ShardStore(Protocol):
         text_: str,
         client_msg_id: str | None,
         retry: bool = False,
+        context: bool = False,
+        history_limit: int = 0,
     ) -> TurnRecord: ...
 
     async def finish_reply(
@@ -118,6 +120,9 @@ class _Run:
     on_agent: bool = False  # started on its agent (from then on the agent reports its end)
     ended_at: float | None = None
     cancel_requested: bool = False
+    # Looked up when the chat arrived, for a run that starts at once (else at its start).
+    context: UserContext | None = None
+    history: History | None = None
 
 
 @dataclass
@@ -225,20 +230,30 @@ class UserShard:
         return self.contexts.invalidate(user_id)
 
     async def _history(self, user_id: str, session_id: str, run_id: str) -> History:
-        key = (user_id, session_id)
-        cached = self._histories.get(key)
+        cached = self._cached_history(user_id, session_id)
         if cached is not None:
-            self.session_hits += 1
-            self._histories.move_to_end(key)
-            return list(cached)
-        self.session_misses += 1
+            return cached
         loaded = await self._store.load_conversation(
             user_id, session_id, self._settings.history_messages, exclude_run_id=run_id
         )
-        self._histories[key] = loaded
+        self._cache_history(user_id, session_id, loaded)
+        return list(loaded)
+
+    def _cached_history(self, user_id: str, session_id: str) -> History | None:
+        """A copy of the session's cached history (counting a hit), or None (a miss)."""
+        key = (user_id, session_id)
+        cached = self._histories.get(key)
+        if cached is None:
+            self.session_misses += 1
+            return None
+        self.session_hits += 1
+        self._histories.move_to_end(key)
+        return list(cached)
+
+    def _cache_history(self, user_id: str, session_id: str, history: History) -> None:
+        self._histories.setdefault((user_id, session_id), history)
         while len(self._histories) > self._settings.session_cache_max:
             self._histories.popitem(last=False)
-        return list(loaded)
 
     def _remember_turn(self, run: _Run, user_text: str, reply: str) -> None:
         history = self._histories.get((run.user_id, run.session_id))
@@ -294,8 +309,17 @@ class UserShard:
             lane.queue.append(run.run_id)
         else:
             lane.active = run.run_id
+        if not busy:  # it starts at once: look up what it needs now, load misses with the turn
+            run.context = self.contexts.get(request.user_id)
+            run.history = self._cached_history(request.user_id, request.session_id)
         try:
-            record = await self._begin_turn(request)
+            record = await self._begin_turn(
+                request,
+                context=not busy and run.context is None,
+                history_limit=self._settings.history_messages
+                if not busy and run.history is None
+                else 0,
+            )
         except BaseException:
             self._forget_reservation(lane, run)
             raise
@@ -304,6 +328,12 @@ class UserShard:
             self.counts["duplicates"] += 1
             return [self._accepted(request, record.run_id, duplicate=True)]
         self.counts["accepted"] += 1
+        if record.context is not None:
+            self.contexts.put(request.user_id, record.context)
+            run.context = record.context
+        if record.history is not None:
+            self._cache_history(request.user_id, request.session_id, record.history)
+            run.history = list(record.history)
         run.prelude.append(self._accepted(request, run.run_id, duplicate=False))
         run.subscribers = self._listeners(request.user_id, request.replica_id)
         spec = RunSpec(
@@ -331,7 +361,9 @@ class UserShard:
         run.subscribers[request.replica_id] = sent
         return list(run.prelude)
 
-    async def _begin_turn(self, request: ChatRequest) -> TurnRecord:
+    async def _begin_turn(
+        self, request: ChatRequest, *, context: bool, history_limit: int
+    ) -> TurnRecord:
         """Store the user message, retrying while the persistence actor restarts.
 
         A retry is safe: a turn is keyed by its run id, so a write that did
@@ -346,6 +378,8 @@ class UserShard:
                     request.text,
                     request.client_msg_id,
                     attempt > 0,
+                    context,
+                    history_limit,
                 )
             except RaychatError:
                 raise
@@ -398,8 +432,14 @@ class UserShard:
         try:
             context, history = UserContext(), []
             if not run.cancel_requested:
-                context = await self.context(run.user_id)
-                history = await self._history(run.user_id, run.session_id, run.run_id)
+                context = (
+                    run.context if run.context is not None else await self.context(run.user_id)
+                )
+                history = (
+                    run.history
+                    if run.history is not None
+                    else await self._history(run.user_id, run.session_id, run.run_id)
+                )
             spec = RunSpec(
                 **{
                     **run.spec.__dict__,

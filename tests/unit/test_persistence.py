@@ -218,6 +218,32 @@ async def test_load_conversation_keeps_the_newest_within_limit(p: Persistence) -
     assert await p.load_conversation("alice", "s2", limit=10) == []
 
 
+async def test_begin_turn_can_bring_back_context_and_history_read_before_it(
+    p: Persistence,
+) -> None:
+    first = await turn(p, "run-1", "q1")
+    await p.finish_reply(first.reply_message_id, "a1", "completed")
+    todo = await p.add_todo("alice", "buy milk")
+    await p.set_preference("alice", "tone", "brief")
+    plain = await turn(p, "run-2", "q2")
+    assert plain.context is None and plain.history is None  # not asked for
+    await p.finish_reply(plain.reply_message_id, "a2", "completed")
+
+    record = await p.begin_turn("alice", "s1", "run-3", "q3", None, context=True, history_limit=3)
+    assert record.context == await p.load_context("alice")
+    assert record.context is not None and record.context.todos == [
+        {"id": todo["id"], "text": "buy milk"}
+    ]
+    # The newest three finished messages, without the turn being stored.
+    assert record.history == [
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    other = await p.begin_turn("alice", "s2", "run-4", "x", None, history_limit=5)
+    assert other.history == [] and other.context is None
+
+
 # -- todos and preferences ----------------------------------------------------
 
 
