@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     poll_timeout_s: float = Field(default=1.0, gt=0, le=30)
     outbound_queue_max: int = Field(default=1024, ge=8)
     run_grace_s: float = Field(default=300.0, ge=0)
-    agent_check_s: float = Field(default=1.0, gt=0)  # how often shards look for lost runs
+    agent_check_s: float = Field(default=1.0, gt=0)  # how often shards ask for ended and lost runs
     run_buffers_max: int = Field(default=20_000, ge=1)
     run_timeout_s: float = Field(default=300.0, gt=0)
     max_turns: int = Field(default=8, ge=1, le=100)
