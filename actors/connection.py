@@ -175,6 +175,11 @@ class Connection:
         """Frames waiting to be written to the socket."""
         return self._queue.qsize()
 
+    @property
+    def behind(self) -> int:
+        """Runs whose live events are dropped until the client catches up."""
+        return len(self._behind)
+
     async def run_sender(self) -> None:
         """Write queued frames to the socket until cancelled."""
         while True:

@@ -313,10 +313,16 @@ class IngressCore:
         shards = await asyncio.gather(*shard_refs)
         agents = await asyncio.gather(*agent_refs)
         persistence = await self.handles.persistence.stats.remote()
+        conns = [conn for user_conns in self._users.values() for conn in user_conns]
         local = {
             "replica_id": self.replica_id,
             "sockets": len(self._sockets),
             "users": len(self._users),
+            # Frames waiting in this replica's outbound queues (each bounded by
+            # `outbound_queue_max`), and runs whose live events wait for a catch-up.
+            "outbound_queued": sum(conn.queued for conn in conns),
+            "outbound_queued_max": max((conn.queued for conn in conns), default=0),
+            "behind_runs": sum(conn.behind for conn in conns),
             **self.counters,
         }
         return merge_stats(list(shards), list(agents), persistence, local)

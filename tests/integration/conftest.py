@@ -8,6 +8,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,30 @@ def wait_ready(url: str, deadline_s: float = 120.0) -> None:
             last = exc
         time.sleep(0.2)  # polling a readiness endpoint, not synchronising test logic
     raise RuntimeError(f"service not ready: {last}")
+
+
+@contextmanager
+def side_app(
+    service: Service, name: str, prefix: str, replicas: int = 1, **overrides: Any
+) -> Iterator[str]:
+    """Deploy a second ingress app at `prefix` with some settings changed; yield its ws URL.
+
+    Only the ingress reads these settings: the app shares the session's actors
+    (and their settings) and database, so overrides of shard or agent settings
+    (rate limits, queued runs per session, ...) have no effect here.
+    """
+    from ray import serve
+
+    from serve_app import RaychatIngress
+
+    settings = service.settings.model_copy(update=overrides)
+    app = RaychatIngress.options(name=f"{name}-ingress", num_replicas=replicas).bind(settings)
+    serve.run(app, name=name, route_prefix=prefix)
+    try:
+        wait_ready(f"{service.http}{prefix}")
+        yield f"ws://127.0.0.1:{service.port}{prefix}/api/websocket/ws?token="
+    finally:
+        serve.delete(name)
 
 
 def deploy(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 import websockets
@@ -107,3 +108,61 @@ async def test_frame_flood_is_rate_limited_and_the_socket_stays_up(
         kinds = [a["type"] for a in answers]
         assert kinds.count("pong") == 30 and kinds.count("error") == 10
         assert {a["code"] for a in answers if a["type"] == "error"} == {"rate_limited"}
+
+
+async def test_a_full_session_queue_answers_busy_and_stores_nothing(service: Service) -> None:
+    # The limit lives in the shards, which every app shares, so it is tested at the shared
+    # app's value (RAYCHAT_MAX_QUEUED_PER_SESSION, 16): one active run and 16 queued.
+    limit = service.settings.max_queued_per_session
+    async with ChatClient(service.ws_url("u-queue-cap")) as client:
+
+        async def answer(text: str, session_id: str = "q") -> dict[str, Any]:
+            """`run.accepted` or the `error` a chat gets, pacing past the per-user rate limit."""
+            for _ in range(60):
+                await client.chat(text, session_id=session_id)
+                event = await client.next_of("run.accepted", "error")
+                if event.get("code") != "rate_limited":
+                    return event
+                # The message rate limit answers before the queue check: wait as told.
+                await asyncio.sleep(event["retry_after"])
+            raise AssertionError("still rate limited")
+
+        active = await answer("hold the session for a while, in 3000 words")
+        assert active["type"] == "run.accepted"
+        queued = []
+        for i in range(limit):
+            event = await answer(f"queued {i}")
+            assert event["type"] == "run.accepted", event
+            queued.append(event["run_id"])
+        refused = await answer("one too many")
+        assert refused["type"] == "error" and refused["code"] == "busy", refused
+        other = await answer("another session is not held up", session_id="other")
+        assert other["type"] == "run.accepted"
+        positions = [
+            e["position"]
+            for e in client.received
+            if e["type"] == "run.queued" and e["run_id"] in queued
+        ]
+        assert positions == list(range(1, limit + 1))
+        # A cancelled queued run frees its place.
+        await client.send({"type": "cancel", "run_id": queued[-1]})
+        freed = (await client.until_final(queued[-1])).final
+        assert freed is not None and freed["type"] == "run.cancelled"
+        fits = await answer("fits again")
+        assert fits["type"] == "run.accepted"
+        for run_id in [fits["run_id"], *queued[:-1], active["run_id"]]:
+            await client.send({"type": "cancel", "run_id": run_id})
+            assert (await client.until_final(run_id)).final is not None
+        await client.until_final(other["run_id"])
+    stored = service.query(
+        "SELECT role FROM messages WHERE user_id = ? AND text = 'one too many'", "u-queue-cap"
+    )
+    assert stored == []  # a refused chat stores nothing
+    statuses = dict(
+        service.query(
+            "SELECT run_id, status FROM messages WHERE user_id = ? AND role = 'assistant'",
+            "u-queue-cap",
+        )
+    )
+    cancelled = [active["run_id"], *queued, fits["run_id"]]
+    assert statuses == {**dict.fromkeys(cancelled, "cancelled"), other["run_id"]: "completed"}
