@@ -20,6 +20,7 @@ from agents import Agent, Model, RunConfig, Runner
 from agents.result import RunResultStreaming
 
 from actors.assistant_agents import ASSISTANT, ChatContext, ToolServices, build_agents
+from actors.errors import Unavailable
 from actors.event_hub import EventHub, PollBatch
 from actors.events import (
     MESSAGE_DELTA,
@@ -36,6 +37,7 @@ from config import Settings
 
 logger = logging.getLogger(__name__)
 OUTCOMES_KEPT = 10_000
+SHUTDOWN_MESSAGE = "the service stopped during this run; its partial reply is stored"
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class AgentManager:
         # actor wiring learns most ends from the replicas and the watchdog, saving a call.
         self._report_ends = report_ends
         self._report_requested: set[str] = set()
+        self._draining = False
+        self._shutdown: set[str] = set()  # runs stopped by `drain`
         self.counts = {"started": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self.ttft_ms = LatencyWindow()
         self.processing_ms = LatencyWindow()
@@ -186,6 +190,8 @@ class AgentManager:
         """Open the run's buffer and start executing it (idempotent); return at once."""
         if spec.run_id in self._tasks or spec.run_id in self._outcomes:
             return
+        if self._draining:
+            raise Unavailable("this agent actor is draining for a shutdown")
         self.hub.open_run(spec.run_id, spec.user_id, spec.prelude)
         for replica_id, after_seq in spec.subscribers:
             self.hub.subscribe(replica_id, spec.run_id, after_seq)
@@ -290,7 +296,7 @@ class AgentManager:
                 run_config=self._run_config,
             )
             self._streams[spec.run_id] = stream
-            if spec.run_id in self._cancel_requested:
+            if spec.run_id in self._cancel_requested or spec.run_id in self._shutdown:
                 stream.cancel(mode="immediate")
             async with asyncio.timeout(self._settings.run_timeout_s):
                 async for sdk_event in stream.stream_events():
@@ -298,7 +304,9 @@ class AgentManager:
                         if event["type"] == MESSAGE_DELTA and first_delta_at is None:
                             first_delta_at = self._clock()
                         self.hub.emit(spec.run_id, event)
-            if spec.run_id in self._cancel_requested:
+            if spec.run_id in self._shutdown:
+                status, error = "failed", ("shutdown", SHUTDOWN_MESSAGE)
+            elif spec.run_id in self._cancel_requested:
                 status = "cancelled"
         except TimeoutError:
             logger.error("run %s timed out after %ss", spec.run_id, self._settings.run_timeout_s)
@@ -309,6 +317,7 @@ class AgentManager:
         finally:
             self._streams.pop(spec.run_id, None)
             self._cancel_requested.discard(spec.run_id)
+            self._shutdown.discard(spec.run_id)
         return await self._finish(spec, status, error, started, first_delta_at)
 
     async def _finish(
@@ -402,12 +411,26 @@ class AgentManager:
         self.buffers_expired += removed
         return removed
 
-    async def stop(self) -> None:
-        """Cancel every run in flight and wait until each has stored its partial reply."""
-        for run_id in list(self._tasks):
-            await self.cancel(run_id)
+    async def drain(self) -> int:
+        """Take no new runs; end each run in flight as `failed` (code `shutdown`).
+
+        Returns once every such run has stored its partial reply and sent its
+        final event; returns how many runs it stopped.
+        """
+        self._draining = True
+        running = list(self._tasks)
+        for run_id in running:
+            self._shutdown.add(run_id)
+            stream = self._streams.get(run_id)
+            if stream is not None:
+                stream.cancel(mode="immediate")
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        return len(running)
+
+    async def stop(self) -> None:
+        """Drain (runs in flight store their partial reply), then close the model."""
+        await self.drain()
         await self.model.close()
 
     def stats(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `raychat` command: `raychat token USER_ID [--admin]`, `raychat bench [OPTIONS]`."""
+"""The `raychat` command: `raychat token USER_ID [--admin]`, `raychat drain`, `raychat bench`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="print a token for the configured secret")
     token.add_argument("user_id")
     token.add_argument("--admin", action="store_true", help="the token may use admin endpoints")
+    drain = commands.add_parser(
+        "drain", help="before a full stop: end runs in flight, storing their partial replies"
+    )
+    drain.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
     commands.add_parser(
         "bench", add_help=False, help="run the benchmark suite (raychat bench --help for options)"
     )
@@ -28,12 +32,33 @@ def main(argv: list[str] | None = None) -> int:
         return int(bench.main(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "drain":
+        return _drain(args.address)
     if args.command == "token":
         try:
             print(codec_for(Settings()).issue(args.user_id, admin=args.admin))
         except ValueError as exc:
             print(f"raychat: {exc}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _drain(address: str) -> int:
+    import json
+
+    import ray
+
+    from actors.factory import drain_actors
+
+    settings = Settings()
+    ray.init(address=address, namespace=settings.namespace, log_to_driver=False)
+    try:
+        print(json.dumps(drain_actors(settings)))
+    except ValueError as exc:  # an actor that does not exist
+        print(f"raychat: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
     return 0
 
 

@@ -53,6 +53,12 @@ class Busy(RaychatError):
     code = "busy"
 
 
+class Unavailable(RaychatError):
+    """The service is draining for a shutdown and takes no new runs."""
+
+    code = "unavailable"
+
+
 class RateLimited(RaychatError):
     """Too many messages; `retry_after` says when the next one will be accepted."""
 

@@ -208,3 +208,25 @@ def ensure_actors(settings: Settings) -> ActorHandles:
         for i in range(settings.shards)
     ]
     return ActorHandles(persistence=persistence, agents=agents, shards=shards)
+
+
+def drain_actors(settings: Settings) -> dict[str, int]:
+    """Prepare a full stop (blocking; needs `ray.init` on the running cluster).
+
+    Shards stop taking chats and store their queued runs as failed, then agent
+    actors end their runs in flight as failed (code `shutdown`) with the partial
+    reply stored, then the persistence actor commits everything queued. The
+    actors keep running but take no new runs: stop the cluster next.
+    """
+    ns = settings.namespace
+
+    def find(kind: str, count: int | None = None) -> list[Any]:
+        indexes: list[int | None] = [None] if count is None else list(range(count))
+        return [ray.get_actor(actor_name(settings, kind, i), namespace=ns) for i in indexes]
+
+    shards, agents = find("shard", settings.shards), find("agent", settings.agent_actors)
+    [persistence] = find("persistence")
+    queued = sum(ray.get([shard.drain.remote() for shard in shards]))
+    stopped = sum(ray.get([agent.drain.remote() for agent in agents]))
+    stored = ray.get(persistence.flush.remote())
+    return {"queued_runs_failed": queued, "runs_stopped": stopped, "messages_stored": stored}

@@ -81,6 +81,10 @@ class GroupCommitter(Generic[C]):
         await self._queue.put(pending)
         return await pending.future
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed (or has failed)."""
+        await self._queue.join()
+
     async def close(self) -> None:
         """Stop taking operations, commit everything queued, then stop the writer."""
         self._closing = True

@@ -143,6 +143,11 @@ class Persistence:
         await self.start()
         return await self._writer.submit(op)
 
+    async def flush(self) -> int:
+        """Wait until every write queued so far is committed; return how many are stored."""
+        await self._writer.flush()
+        return await self.count_messages()
+
     async def close(self) -> None:
         """Commit everything queued, then release the database."""
         await self._writer.close()

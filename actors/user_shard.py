@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from actors.agent_manager import RunOutcome, RunSpec
-from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError
+from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
 from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
 from actors.persistence import TurnRecord, UserContext
 from actors.rate_limit import TokenBucket
@@ -168,6 +168,7 @@ class UserShard:
         self._recovered: asyncio.Future[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._asking: dict[str, asyncio.Task[None]] = {}  # run id -> "has it ended?" call
+        self._draining = False
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.counts = {
@@ -279,6 +280,8 @@ class UserShard:
         """
         await self._ready()
         self._housekeep()
+        if self._draining:
+            raise Unavailable("the service is shutting down; try again shortly")
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
         self._take_token(request.user_id)
@@ -422,6 +425,8 @@ class UserShard:
             lane.queue.remove(run.run_id)
 
     def _launch(self, run: _Run) -> None:
+        if self._draining and not run.cancel_requested:
+            return  # `drain` stores it as failed
         run.status = "running"
         run.task = asyncio.get_running_loop().create_task(
             self._drive(run), name=f"drive-{run.run_id}"
@@ -777,6 +782,24 @@ class UserShard:
         """Drop expired contexts and the records of runs finished long ago."""
         runs = self._drop_finished_runs(self._clock())
         return {"contexts": self.contexts.cleanup(), "runs": runs}
+
+    async def drain(self) -> int:
+        """Take no new chats; store every run still queued here as failed (`shutdown`).
+
+        Runs already on agents are ended by the agents' own `drain`. Returns how
+        many queued runs were stored as failed.
+        """
+        self._draining = True
+        queued = [
+            run
+            for run in self._runs.values()
+            if run.status == "queued" and run.spec is not None and run.ended_at is None
+        ]
+        for run in queued:
+            assert run.spec is not None
+            await self._store.fail_if_streaming(run.spec.reply_message_id, "shutdown")
+            self._end_run(run.user_id, run.run_id, "failed", "")
+        return len(queued)
 
     async def stop(self) -> None:
         """Stop the watchdog and wait for runs being started (their agents store them)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import orjson
+import pytest
+
 from actors.agent_manager import AgentManager, RunOutcome, RunSpec
+from actors.errors import Unavailable
 from actors.sim_model import SimulatedModel
 from config import Settings
 
@@ -24,6 +29,9 @@ class Services:
 
 
 class Store:
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, str, str | None]] = []
+
     async def finish_reply(
         self,
         reply_message_id: int,
@@ -32,7 +40,7 @@ class Store:
         final_seq: int | None = None,
         error_code: str | None = None,
     ) -> None:
-        return None
+        self.stored.append((text_, status, error_code))
 
 
 class Owner:
@@ -46,12 +54,14 @@ class Owner:
         self.ended.append(outcome.run_id)
 
 
-def manager(owner: Owner, *, report_ends: bool) -> AgentManager:
-    model = SimulatedModel(ttft_s=0.01, tokens_per_s=1000, reply_tokens=5)
+def manager(
+    owner: Owner, *, report_ends: bool, store: Store | None = None, tokens_per_s: float = 1000
+) -> AgentManager:
+    model = SimulatedModel(ttft_s=0.01, tokens_per_s=tokens_per_s, reply_tokens=5)
     return AgentManager(
         Settings(),
         services=Services(),
-        store=Store(),
+        store=store or Store(),
         observer=owner,
         model=model,
         report_ends=report_ends,
@@ -90,3 +100,30 @@ async def test_an_end_asked_for_while_running_is_reported_once() -> None:
     await agents.run_turn(spec("r2"))
     assert owner.ended == ["r1"]
     assert (await agents.runs_status(["r2"]))["r2"] is not None
+
+
+async def test_drain_ends_runs_in_flight_as_failed_with_their_partial_reply() -> None:
+    store = Store()
+    agents = manager(Owner(), report_ends=False, store=store, tokens_per_s=20)  # 5 tokens: 250 ms
+    run = RunSpec(
+        run_id="r1",
+        user_id="u",
+        session_id="s",
+        text="hi",
+        reply_message_id=7,
+        subscribers=[("replica", 0)],
+    )
+    await agents.start_run(run)
+    seen: list[dict[str, object]] = []
+    while not any(e["type"] == "message.delta" for e in seen):  # wait for streaming text
+        for _, _, _, texts, _ in await asyncio.wait_for(agents.poll("replica", 5), 10):
+            seen.extend(orjson.loads(text) for text in texts)
+    assert await agents.drain() == 1
+    [(text, status, code)] = store.stored
+    assert (status, code) == ("failed", "shutdown")
+    buffer = agents.hub.get("r1")
+    assert buffer is not None and text == buffer.text != ""  # the partial reply, as streamed
+    final = buffer.final_event()
+    assert final is not None and final["error"]["code"] == "shutdown"
+    with pytest.raises(Unavailable):
+        await agents.start_run(spec("r2"))
