@@ -72,10 +72,23 @@ class IngressCore:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        """Start one long-poll task per agent actor."""
+        """Start one long-poll task per agent actor, and the shard keeper."""
         loop = asyncio.get_running_loop()
         for index, agent in enumerate(self.handles.agents):
             self._pollers.append(loop.create_task(self._poll_loop(agent), name=f"poll-{index}"))
+        self._pollers.append(loop.create_task(self._keep_shards_ready(), name="shard-keeper"))
+
+    async def _keep_shards_ready(self) -> None:
+        """Every `agent_check_s`, make each shard rebuild itself if it has restarted."""
+        while True:
+            await asyncio.sleep(self.settings.agent_check_s)  # a periodic check
+            results = await asyncio.gather(
+                *(shard.ensure_ready.remote() for shard in self.handles.shards),
+                return_exceptions=True,
+            )
+            for index, result in enumerate(results):
+                if isinstance(result, Exception):
+                    logger.warning("shard %d is not ready: %s", index, type(result).__name__)
 
     async def stop(self) -> None:
         """Close every socket with 1001 and stop the pollers."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.agent_manager import RunOutcome, RunSpec
+from actors.agent_manager import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
 from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
 from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
 from actors.persistence import TurnRecord, UserContext
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 History = list[dict[str, str]]
 LOST_MESSAGE = "the run was lost: the actor running it stopped"
+FAILURE_MESSAGES = {"internal": LOST_MESSAGE, "shutdown": SHUTDOWN_MESSAGE}
 
 
 class AgentPort(Protocol):
@@ -182,6 +183,7 @@ class UserShard:
             "sockets_refused": 0,
             "cancel_requests": 0,
             "lost": 0,
+            "drained": 0,
         }
         self.connections = {"opened": 0, "closed": 0}
 
@@ -535,14 +537,15 @@ class UserShard:
         reply_message_id: int,
         agent_hint: int,
         prelude: list[Event] | None = None,
+        code: str = "internal",
     ) -> RunOutcome:
-        """Store a lost run as failed (unless it had ended) and tell its listeners."""
-        self.counts["lost"] += 1
+        """Store a lost (or drained) run as failed unless it had ended; tell its listeners."""
+        self.counts["lost" if code == "internal" else "drained"] += 1
         try:
-            row = await self._store.fail_if_streaming(reply_message_id, "internal")
+            row = await self._store.fail_if_streaming(reply_message_id, code)
         except Exception:
-            logger.exception("could not mark the lost run %s failed", run_id)
-            row = {"status": "failed", "text": "", "error_code": "internal"}
+            logger.exception("could not mark the run %s failed", run_id)
+            row = {"status": "failed", "text": "", "error_code": code}
         final = self._final_from_row(run_id, reply_message_id, row, seq=0)
         order = [(agent_hint + 1 + i) % len(self._agents) for i in range(len(self._agents))]
         for attempt in range(3):
@@ -594,13 +597,31 @@ class UserShard:
                 lane = self._lanes.setdefault((run.user_id, run.session_id), _Lane())
                 lane.active = lane.active or run_id
             else:
-                await self._settle_lost(run_id, row["user_id"], row["id"], 0)
+                # Its client may have seen nothing of it: announce it accepted, then failed.
+                accepted: Event = {
+                    "type": RUN_ACCEPTED,
+                    "session_id": row["session_id"],
+                    "client_msg_id": None,
+                    "duplicate": False,
+                    "run_id": run_id,
+                    "seq": 1,
+                }
+                await self._settle_lost(run_id, row["user_id"], row["id"], 0, [accepted])
         if held:
             self._watch_agents()
         logger.warning("shard %d recovered %d runs (%d running)", self.index, len(rows), len(held))
 
+    async def ensure_ready(self) -> bool:
+        """Rebuild from the database now if this shard has (re)started; True when done.
+
+        Ingress replicas call it periodically, so a restarted shard settles the
+        runs it lost without waiting for one of its users to send something.
+        """
+        await self._ready()
+        return True
+
     def owner_ref(self) -> Any:
-        """What agents call back for this shard's runs (actor wiring: its own handle)."""
+        """What agents call back for this shard's runs (actor wiring: its index)."""
         return self
 
     async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
@@ -715,7 +736,7 @@ class UserShard:
     def _final_from_row(run_id: str, message_id: int, row: dict[str, Any], seq: int) -> Event:
         if row["status"] == "failed":
             code = row.get("error_code") or "internal"
-            event = run_failed(code, LOST_MESSAGE if code == "internal" else "the run failed")
+            event = run_failed(code, FAILURE_MESSAGES.get(code, "the run failed"))
         else:
             kind = RUN_COMPLETED if row["status"] == "completed" else RUN_CANCELLED
             event = {"type": kind, "message_id": message_id, "text": row["text"]}
@@ -797,8 +818,15 @@ class UserShard:
         ]
         for run in queued:
             assert run.spec is not None
-            await self._store.fail_if_streaming(run.spec.reply_message_id, "shutdown")
-            self._end_run(run.user_id, run.run_id, "failed", "")
+            outcome = await self._settle_lost(
+                run.run_id,
+                run.user_id,
+                run.spec.reply_message_id,
+                run.agent_index,
+                run.prelude,
+                code="shutdown",
+            )
+            self._end_run(run.user_id, run.run_id, outcome.status, outcome.text)
         return len(queued)
 
     async def stop(self) -> None:
