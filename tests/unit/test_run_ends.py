@@ -3,65 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 import pytest
 
-from actors.agent_manager import AgentManager, RunOutcome, RunSpec
+from actors.agent_manager import AgentManager, RunSpec
 from actors.errors import Unavailable
 from actors.sim_model import SimulatedModel
 from config import Settings
-
-
-class Services:
-    async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
-        return {"id": 1, "text": text, "done": False}
-
-    async def complete_todo(self, user_id: str, todo_id: int) -> dict[str, Any] | None:
-        return None
-
-    async def set_preference(self, user_id: str, key: str, value: str) -> dict[str, str]:
-        return {"key": key, "value": value}
-
-    async def load_context(self, user_id: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        return {}, []
-
-
-class Store:
-    def __init__(self) -> None:
-        self.stored: list[tuple[str, str, str | None]] = []
-
-    async def finish_reply(
-        self,
-        reply_message_id: int,
-        text_: str,
-        status: str,
-        final_seq: int | None = None,
-        error_code: str | None = None,
-    ) -> None:
-        self.stored.append((text_, status, error_code))
-
-
-class Owner:
-    def __init__(self) -> None:
-        self.ended: list[str] = []
-
-    async def invalidate_context(self, user_id: str) -> bool:
-        return True
-
-    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None:
-        self.ended.append(outcome.run_id)
+from tests.unit.fakes import FakeObserver, FakeServices, FakeStore
 
 
 def manager(
-    owner: Owner, *, report_ends: bool, store: Store | None = None, tokens_per_s: float = 1000
+    owner: FakeObserver,
+    *,
+    report_ends: bool,
+    store: FakeStore | None = None,
+    tokens_per_s: float = 1000,
 ) -> AgentManager:
     model = SimulatedModel(ttft_s=0.01, tokens_per_s=tokens_per_s, reply_tokens=5)
     return AgentManager(
         Settings(),
-        services=Services(),
-        store=store or Store(),
+        services=FakeServices(),
+        store=store or FakeStore(),
         observer=owner,
         model=model,
         report_ends=report_ends,
@@ -73,13 +37,13 @@ def spec(run_id: str) -> RunSpec:
 
 
 async def test_by_default_every_end_is_reported() -> None:
-    owner = Owner()
+    owner = FakeObserver()
     outcome = await manager(owner, report_ends=True).run_turn(spec("r1"))
-    assert outcome.status == "completed" and owner.ended == ["r1"]
+    assert outcome.status == "completed" and [o.run_id for _, o in owner.ended] == ["r1"]
 
 
 async def test_unasked_ends_are_not_reported_but_can_be_queried() -> None:
-    owner = Owner()
+    owner = FakeObserver()
     agents = manager(owner, report_ends=False)
     outcome = await agents.run_turn(spec("r1"))
     assert owner.ended == []
@@ -89,7 +53,7 @@ async def test_unasked_ends_are_not_reported_but_can_be_queried() -> None:
 
 
 async def test_an_end_asked_for_while_running_is_reported_once() -> None:
-    owner = Owner()
+    owner = FakeObserver()
     agents = manager(owner, report_ends=False)
     await agents.start_run(spec("r1"))
     await agents.start_run(spec("r2"))
@@ -98,13 +62,15 @@ async def test_an_end_asked_for_while_running_is_reported_once() -> None:
     assert await agents.report_end("r1") is None
     await agents.run_turn(spec("r1"))
     await agents.run_turn(spec("r2"))
-    assert owner.ended == ["r1"]
+    assert [o.run_id for _, o in owner.ended] == ["r1"]
     assert (await agents.runs_status(["r2"]))["r2"] is not None
 
 
 async def test_drain_ends_runs_in_flight_as_failed_with_their_partial_reply() -> None:
-    store = Store()
-    agents = manager(Owner(), report_ends=False, store=store, tokens_per_s=20)  # 5 tokens: 250 ms
+    store = FakeStore()
+    agents = manager(
+        FakeObserver(), report_ends=False, store=store, tokens_per_s=20
+    )  # 5 tokens: 250 ms
     run = RunSpec(
         run_id="r1",
         user_id="u",
@@ -119,7 +85,7 @@ async def test_drain_ends_runs_in_flight_as_failed_with_their_partial_reply() ->
         for _, _, _, texts, _ in await asyncio.wait_for(agents.poll("replica", 5), 10):
             seen.extend(orjson.loads(text) for text in texts)
     assert await agents.drain() == 1
-    [(text, status, code)] = store.stored
+    [(_, text, status, _, code)] = store.finished
     assert (status, code) == ("failed", "shutdown")
     buffer = agents.hub.get("r1")
     assert buffer is not None and text == buffer.text != ""  # the partial reply, as streamed
