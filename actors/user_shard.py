@@ -282,13 +282,13 @@ class UserShard:
         """
         await self._ready()
         self._housekeep()
+        for run_id, status, text in request.ended:  # first: even a refused chat brings them
+            self._end_run(request.user_id, run_id, status, text)
         if self._draining:
             raise Unavailable("the service is shutting down; try again shortly")
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
         self._take_token(request.user_id)
-        for run_id, status, text in request.ended:
-            self._end_run(request.user_id, run_id, status, text)
         key = (request.user_id, request.session_id)
         await self._settle_active(key)
         lane = self._lanes.setdefault(key, _Lane())
