@@ -1,9 +1,12 @@
 """The agent manager's logic: agents built once, runs executed, events served in batches.
 
-One instance per agent actor. `run_turn` lasts a whole run and returns its
-outcome to the caller (the user's shard); meanwhile the run's events go into
-the `EventHub`, from which every ingress replica long-polls the new events of
-all its runs in one call per tick.
+One instance per agent actor. The user's shard starts a run with `start_run`,
+which returns at once; the run's events go into the `EventHub`, from which
+every ingress replica long-polls the new events of all its runs in one call
+per tick. How a run ended reaches its shard with those events (through the
+replicas), through `report_end` and `runs_status`, or, when the manager is
+built with `report_ends=True` (in-process use), through `run_ended` on its
+owner. `run_turn` starts a run and waits for its outcome (direct use, tests).
 """
 
 from __future__ import annotations
