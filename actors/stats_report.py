@@ -23,7 +23,7 @@ def merge_stats(
     session = {"size": 0, "hits": 0, "misses": 0}
     context = {"size": 0, "hits": 0, "misses": 0, "expired": 0, "evicted": 0}
     ttl_s = 0.0
-    queued = resumed = interrupted = rejected = duplicates = 0
+    queued = resumed = interrupted = rejected = duplicates = lost = drained = 0
     for shard in shards:
         for key in connections:
             connections[key] += shard["connections"][key]
@@ -38,6 +38,8 @@ def merge_stats(
         interrupted += counts["interrupted"]
         rejected += counts["rejected"]
         duplicates += counts["duplicates"]
+        lost += counts.get("lost", 0)  # failed because the actor running them stopped
+        drained += counts.get("drained", 0)  # queued runs failed by `raychat drain`
     ttft = [s for agent in agents for s in agent["ttft_samples"]]
     processing = [s for agent in agents for s in agent["processing_samples"]]
     names = sorted({name for agent in agents for name in agent["agents"]})
@@ -53,6 +55,8 @@ def merge_stats(
             "interrupted": interrupted,
             "rejected": rejected,
             "duplicates": duplicates,
+            "lost": lost,
+            "drained": drained,
             "processing_ms": percentiles(processing),
             "ttft_ms": percentiles(ttft),
         },

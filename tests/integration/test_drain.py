@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from actors.factory import actor_name, drain_actors
@@ -81,8 +82,14 @@ async def test_drain_stores_runs_in_flight_and_refuses_new_chats(
         refused = await client.next_of("error")
         assert refused["code"] == "unavailable"
 
+    http = base.replace("ws://", "http://", 1).split("/api/websocket/ws")[0]
+    admin = {"Authorization": f"Bearer {_token(settings, 'drain-admin', admin=True)}"}
+    async with httpx.AsyncClient(timeout=30) as web:
+        stats = (await web.get(f"{http}/api/websocket/performance/stats", headers=admin)).json()
+    assert stats["runs"]["drained"] == 1 and stats["runs"]["lost"] == 0
 
-def _token(settings: Settings, user_id: str) -> str:
+
+def _token(settings: Settings, user_id: str, admin: bool = False) -> str:
     from actors.auth import codec_for
 
-    return codec_for(settings).issue(user_id)
+    return codec_for(settings).issue(user_id, admin=admin)

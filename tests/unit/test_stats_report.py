@@ -113,7 +113,7 @@ def merged() -> dict[str, Any]:
             queued=1,
             session=(2, 6, 2),
             context=(3, 4, 1, 2, 0),
-            counts={"resumed": 1, "duplicates": 2},
+            counts={"resumed": 1, "duplicates": 2, "lost": 2},
         ),
         shard_report(
             1,
@@ -124,7 +124,7 @@ def merged() -> dict[str, Any]:
             queued=0,
             session=(1, 2, 6),
             context=(4, 0, 3, 1, 1),
-            counts={"rejected": 3, "interrupted": 1},
+            counts={"rejected": 3, "interrupted": 1, "lost": 1, "drained": 4},
         ),
     ]
     agents = [
@@ -202,6 +202,7 @@ def test_runs_are_summed(merged: dict[str, Any]) -> None:
         3,
         1,
     )
+    assert (runs["lost"], runs["drained"]) == (3, 4)
 
 
 def test_latency_percentiles_pool_every_agents_samples(merged: dict[str, Any]) -> None:
