@@ -235,8 +235,7 @@ class AgentManager:
             return
         if task.exception() is not None:
             logger.error("run task %s crashed", run_id, exc_info=task.exception())
-            return
-        self._remember_outcome(task.result())
+        # A run's outcome was remembered by `_finish`, before its final event went out.
 
     def _remember_outcome(self, outcome: RunOutcome) -> None:
         self._outcomes[outcome.run_id] = outcome

@@ -41,3 +41,17 @@ def run_failed(code: str, message: str) -> Event:
 def encode(event: Event) -> str:
     """Serialise one event to the JSON text sent on the socket."""
     return orjson.dumps(event).decode()
+
+
+def accepted_event(
+    session_id: str, client_msg_id: str | None, run_id: str, *, duplicate: bool
+) -> Event:
+    """A run's `run.accepted` event (always its seq 1)."""
+    return {
+        "type": RUN_ACCEPTED,
+        "session_id": session_id,
+        "client_msg_id": client_msg_id,
+        "duplicate": duplicate,
+        "run_id": run_id,
+        "seq": 1,
+    }

@@ -88,7 +88,7 @@ class IngressCore:
             )
             for index, result in enumerate(results):
                 if isinstance(result, Exception):
-                    logger.warning("shard %d is not ready: %s", index, type(result).__name__)
+                    logger.warning("shard %d is not ready", index, exc_info=result)
 
     async def stop(self) -> None:
         """Close every socket with 1001 and stop the pollers."""

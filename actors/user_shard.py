@@ -19,7 +19,14 @@ from typing import Any, Protocol
 
 from actors.agent_manager import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
 from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
-from actors.events import RUN_ACCEPTED, RUN_CANCELLED, RUN_COMPLETED, RUN_QUEUED, Event, run_failed
+from actors.events import (
+    RUN_CANCELLED,
+    RUN_COMPLETED,
+    RUN_QUEUED,
+    Event,
+    accepted_event,
+    run_failed,
+)
 from actors.persistence import TurnRecord, UserContext
 from actors.rate_limit import TokenBucket
 from actors.sharding import shard_for
@@ -331,7 +338,11 @@ class UserShard:
         if record.duplicate:
             self._forget_reservation(lane, run)
             self.counts["duplicates"] += 1
-            return [self._accepted(request, record.run_id, duplicate=True)]
+            return [
+                accepted_event(
+                    request.session_id, request.client_msg_id, record.run_id, duplicate=True
+                )
+            ]
         self.counts["accepted"] += 1
         if record.context is not None:
             self.contexts.put(request.user_id, record.context)
@@ -339,7 +350,9 @@ class UserShard:
         if record.history is not None:
             self._cache_history(request.user_id, request.session_id, record.history)
             run.history = list(record.history)
-        run.prelude.append(self._accepted(request, run.run_id, duplicate=False))
+        run.prelude.append(
+            accepted_event(request.session_id, request.client_msg_id, run.run_id, duplicate=False)
+        )
         run.subscribers = self._listeners(request.user_id, request.replica_id)
         spec = RunSpec(
             run_id=run.run_id,
@@ -406,17 +419,6 @@ class UserShard:
         if wait_s > 0:
             self.counts["rate_limited"] += 1
             raise RateLimited("too many messages, slow down", round(wait_s, 3))
-
-    @staticmethod
-    def _accepted(request: ChatRequest, run_id: str, *, duplicate: bool) -> Event:
-        return {
-            "type": RUN_ACCEPTED,
-            "session_id": request.session_id,
-            "client_msg_id": request.client_msg_id,
-            "duplicate": duplicate,
-            "run_id": run_id,
-            "seq": 1,
-        }
 
     def _forget_reservation(self, lane: _Lane, run: _Run) -> None:
         self._runs.pop(run.run_id, None)
@@ -598,14 +600,7 @@ class UserShard:
                 lane.active = lane.active or run_id
             else:
                 # Its client may have seen nothing of it: announce it accepted, then failed.
-                accepted: Event = {
-                    "type": RUN_ACCEPTED,
-                    "session_id": row["session_id"],
-                    "client_msg_id": None,
-                    "duplicate": False,
-                    "run_id": run_id,
-                    "seq": 1,
-                }
+                accepted = accepted_event(row["session_id"], None, run_id, duplicate=False)
                 await self._settle_lost(run_id, row["user_id"], row["id"], 0, [accepted])
         if held:
             self._watch_agents()
@@ -712,9 +707,6 @@ class UserShard:
             if await self._agents[run.agent_index].cancel(run_id) or not run.on_agent:
                 return []
             await self._ask_end(run)  # it ended before the cancel reached it
-        final = await self._final_event(run)
-        return [] if final is None else [final]
-
         final = await self._final_event(run)
         return [] if final is None else [final]
 

@@ -28,7 +28,7 @@ from actors.agent_manager import AgentManager, RunSpec
 from actors.assistant_agents import AGENT_NAMES, ASSISTANT
 from actors.connection import Connection
 from actors.errors import BadRequest
-from actors.events import RUN_ACCEPTED, Event
+from actors.events import accepted_event
 from actors.messages import Chat, ClientMessage
 from actors.persistence import Persistence
 from benchmarks.baselines._common import Backend, PersistenceTools, run_main
@@ -78,14 +78,9 @@ class SerialBackend(Backend):
         record = await db.begin_turn(
             user_id, chat.session_id, uuid.uuid4().hex, chat.text, chat.client_msg_id
         )
-        accepted: Event = {
-            "type": RUN_ACCEPTED,
-            "session_id": chat.session_id,
-            "client_msg_id": chat.client_msg_id,
-            "duplicate": record.duplicate,
-            "run_id": record.run_id,
-            "seq": 1,
-        }
+        accepted = accepted_event(
+            chat.session_id, chat.client_msg_id, record.run_id, duplicate=record.duplicate
+        )
         conn.send_event(accepted)
         if record.duplicate:
             self.turns["duplicates"] += 1
