@@ -500,7 +500,7 @@ class UserShard:
                 try:
                     status = await self._agents[index].runs_status(run_ids)
                 except Exception:
-                    logger.warning("agent %d did not answer the watchdog", index)
+                    logger.warning("agent %d did not answer the watchdog", index, exc_info=True)
                     continue
                 known.update(status)
                 for run_id, outcome in status.items():
@@ -669,7 +669,12 @@ class UserShard:
         try:
             outcome = await self._agents[run.agent_index].report_end(run.run_id)
         except Exception:
-            logger.warning("agent %d did not say whether run %s ended", run.agent_index, run.run_id)
+            logger.warning(
+                "agent %d did not say whether run %s ended",
+                run.agent_index,
+                run.run_id,
+                exc_info=True,
+            )
             return
         if outcome is not None:
             self._end_run(run.user_id, run.run_id, outcome.status, outcome.text)
