@@ -59,7 +59,7 @@ class RunSpec:
     prelude: list[Event] = field(default_factory=list)
     subscribers: list[tuple[str, int]] = field(default_factory=list)
     cancelled: bool = False  # cancelled while queued: store and announce, run nothing
-    owner: Any = None  # the run's shard (a RunOwner, or an actor handle to one)
+    owner: Any = None  # the run's shard: a RunOwner in process, its shard index between actors
 
 
 @dataclass(frozen=True)
