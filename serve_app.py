@@ -17,6 +17,7 @@ from actors.errors import AuthError
 from actors.factory import ensure_actors
 from actors.ingress import IngressCore
 from actors.messages import SESSION_ID_PATTERN
+from actors.replica_drain import serve_replica_stopping
 from config import Settings
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
@@ -47,7 +48,9 @@ class RaychatIngress:
     async def __init__(self, settings: Settings | None = None) -> None:  # type: ignore[misc]
         self.settings = settings or Settings()
         self.codec: TokenCodec = codec_for(self.settings)
-        self.core = IngressCore(self.settings, ensure_actors(self.settings))
+        self.core = IngressCore(
+            self.settings, ensure_actors(self.settings), stopping=serve_replica_stopping
+        )
         self.core.start()
 
     async def __del__(self) -> None:

@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("user_id")
     token.add_argument("--admin", action="store_true", help="the token may use admin endpoints")
     drain = commands.add_parser(
-        "drain", help="before a full stop: end runs in flight, storing their partial replies"
+        "drain",
+        help="before a full stop: end runs in flight, storing their partial replies, "
+        "then close every socket with 1001",
     )
     drain.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
     commands.add_parser(

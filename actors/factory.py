@@ -210,13 +210,15 @@ def ensure_actors(settings: Settings) -> ActorHandles:
     return ActorHandles(persistence=persistence, agents=agents, shards=shards)
 
 
-def drain_actors(settings: Settings) -> dict[str, int]:
+def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, int]:
     """Prepare a full stop (blocking; needs `ray.init` on the running cluster).
 
     Shards stop taking chats and store their queued runs as failed, then agent
     actors end their runs in flight as failed (code `shutdown`) with the partial
-    reply stored, then the persistence actor commits everything queued. The
-    actors keep running but take no new runs: stop the cluster next.
+    reply stored, then the persistence actor commits everything queued. Last,
+    unless `close_sockets` is False, the shards tell the ingress replicas (at
+    their next shard check) to close every socket with 1001 and refuse new ones.
+    The actors keep running but take no new runs: stop the cluster next.
     """
     ns = settings.namespace
 
@@ -229,4 +231,6 @@ def drain_actors(settings: Settings) -> dict[str, int]:
     queued = sum(ray.get([shard.drain.remote() for shard in shards]))
     stopped = sum(ray.get([agent.drain.remote() for agent in agents]))
     stored = ray.get(persistence.flush.remote())
+    if close_sockets:
+        ray.get([shard.close_sockets.remote() for shard in shards])
     return {"queued_runs_failed": queued, "runs_stopped": stopped, "messages_stored": stored}

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -36,6 +37,7 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 ENDS_KEPT_PER_USER = 64
+STOPPING_CHECK_S = 0.2
 
 
 def remote_cause(exc: BaseException) -> BaseException:
@@ -47,10 +49,18 @@ def remote_cause(exc: BaseException) -> BaseException:
 class IngressCore:
     """Everything one ingress replica does, independent of FastAPI routing."""
 
-    def __init__(self, settings: Settings, handles: ActorHandles) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        handles: ActorHandles,
+        stopping: Callable[[], bool | None] | None = None,
+    ) -> None:
+        """`stopping` says whether the server is stopping this replica (None: cannot tell)."""
         self.settings = settings
         self.handles = handles
         self.replica_id = uuid.uuid4().hex
+        self._stopping = stopping
+        self.going_away = False
         self._users: dict[str, set[Connection]] = {}
         # user id -> run id -> (status, text) of runs whose final event was delivered here
         self._ended: dict[str, dict[str, tuple[str, str]]] = {}
@@ -66,6 +76,7 @@ class IngressCore:
                 "slow_closed",
                 "idle_closed",
                 "catch_ups",
+                "going_away_closed",
             ),
             0,
         )
@@ -77,9 +88,36 @@ class IngressCore:
         for index, agent in enumerate(self.handles.agents):
             self._pollers.append(loop.create_task(self._poll_loop(agent), name=f"poll-{index}"))
         self._pollers.append(loop.create_task(self._keep_shards_ready(), name="shard-keeper"))
+        if self._stopping is not None:
+            if self._stopping() is None:
+                logger.warning(
+                    "cannot see when Serve starts to stop this replica: sockets get their "
+                    "1001 close only from its destructor, at the end of the shutdown budget"
+                )
+            else:
+                stopping = self._stopping
+                self._pollers.append(
+                    loop.create_task(self._close_when_stopping(stopping), name="drain-watch")
+                )
+
+    async def _close_when_stopping(self, stopping: Callable[[], bool | None]) -> None:
+        """Once the replica is being stopped, close every socket with 1001 at once.
+
+        Serve waits for open sockets before it stops a replica; closing them
+        lets clients reconnect to another replica and `resume` right away.
+        """
+        while True:
+            if stopping():
+                break
+            await asyncio.sleep(STOPPING_CHECK_S)  # Serve sets a flag; there is no event
+        logger.info("this replica is stopping: closing %d sockets with 1001", len(self._sockets))
+        await self._close_all()
 
     async def _keep_shards_ready(self) -> None:
-        """Every `agent_check_s`, make each shard rebuild itself if it has restarted."""
+        """Every `agent_check_s`, make each shard rebuild itself if it has restarted.
+
+        A shard that answers False has been drained for a full stop: close every socket.
+        """
         while True:
             await asyncio.sleep(self.settings.agent_check_s)  # a periodic check
             results = await asyncio.gather(
@@ -87,14 +125,26 @@ class IngressCore:
                 return_exceptions=True,
             )
             for index, result in enumerate(results):
-                if isinstance(result, Exception):
+                if isinstance(result, BaseException):
                     logger.warning("shard %d is not ready", index, exc_info=result)
+            if False in results and not self.going_away:
+                logger.info("the service was drained: closing %d sockets", len(self._sockets))
+                await self._close_all()
+
+    async def _close_all(self) -> None:
+        """Refuse new sockets and close every open one with 1001."""
+        self.going_away = True
+        for websocket in list(self._sockets):
+            await self._going_away(websocket)
+
+    async def _going_away(self, websocket: WebSocket) -> None:
+        self.counters["going_away_closed"] += 1
+        with suppress(Exception):  # the client may have gone already
+            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def stop(self) -> None:
         """Close every socket with 1001 and stop the pollers."""
-        for websocket in list(self._sockets):
-            with suppress(Exception):
-                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._close_all()
         for task in self._pollers:
             task.cancel()
         await asyncio.gather(*self._pollers, return_exceptions=True)
@@ -171,6 +221,8 @@ class IngressCore:
         sender = loop.create_task(conn.run_sender(), name="ws-sender")
         supervisor = loop.create_task(self._supervise(websocket, conn), name="ws-supervisor")
         try:
+            if self.going_away:  # admitted while the replica began to stop
+                await self._going_away(websocket)
             await self._receive_loop(websocket, conn)
         except WebSocketDisconnect:
             pass

@@ -177,6 +177,7 @@ class UserShard:
         self._watchdog: asyncio.Task[None] | None = None
         self._asking: dict[str, asyncio.Task[None]] = {}  # run id -> "has it ended?" call
         self._draining = False
+        self._sockets_closing = False  # set by the last step of `raychat drain`
         self._housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.counts = {
@@ -607,13 +608,19 @@ class UserShard:
         logger.warning("shard %d recovered %d runs (%d running)", self.index, len(rows), len(held))
 
     async def ensure_ready(self) -> bool:
-        """Rebuild from the database now if this shard has (re)started; True when done.
+        """Rebuild from the database now if this shard has (re)started.
 
         Ingress replicas call it periodically, so a restarted shard settles the
         runs it lost without waiting for one of its users to send something.
+        False once a drain has finished: the replicas then close their sockets
+        with 1001.
         """
         await self._ready()
-        return True
+        return not self._sockets_closing
+
+    def close_sockets(self) -> None:
+        """The drain is done: from now on `ensure_ready` tells replicas to close sockets."""
+        self._sockets_closing = True
 
     def owner_ref(self) -> Any:
         """What agents call back for this shard's runs (actor wiring: its index)."""

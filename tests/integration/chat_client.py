@@ -112,3 +112,14 @@ class ChatClient:
         """Send a chat and read until its run ends."""
         await self.chat(text, **fields)
         return await self.until_final()
+
+    async def until_closed(self) -> int | None:
+        """Read events until the server closes the socket; its close code (None: no frame).
+
+        Fails the test if the socket stays open RECV_TIMEOUT_S past the last event.
+        """
+        try:
+            while True:
+                await self.recv()
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None

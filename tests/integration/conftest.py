@@ -109,17 +109,26 @@ def side_app(
         serve.delete(name)
 
 
-def deploy(settings: Settings) -> None:
-    """Deploy (or redeploy) the Serve app with `settings`."""
+def deploy(
+    settings: Settings, version: str | None = None, graceful_shutdown_timeout_s: float = 2
+) -> None:
+    """Deploy (or redeploy) the Serve app with `settings`; a new `version` rolls the replicas."""
     from ray import serve
 
     from serve_app import RaychatIngress
 
     # Two replicas: a user's sockets and resumes may land on either, as in production.
-    # A short drain budget: a redeploy cuts open sockets quickly (tests reconnect).
-    app = RaychatIngress.options(num_replicas=REPLICAS, graceful_shutdown_timeout_s=2).bind(
-        settings
-    )
+    # A short drain budget by default: a redeploy cuts open sockets quickly (tests reconnect).
+    options: dict[str, Any] = {
+        "num_replicas": REPLICAS,
+        "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
+    }
+    if version is not None:  # changed actor options make Serve replace every replica
+        options["ray_actor_options"] = {
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {"RAYCHAT_TEST_DEPLOY_VERSION": version}},
+        }
+    app = RaychatIngress.options(**options).bind(settings)
     serve.run(app, name=APP_NAME, route_prefix="/")
 
 

@@ -64,7 +64,8 @@ async def test_drain_stores_runs_in_flight_and_refuses_new_chats(
         await client.next_of("message.delta")
         queued = await client.start("and then this", session_id="s")  # waits behind it
 
-        report = await asyncio.to_thread(drain_actors, settings)
+        # Sockets stay open at first, to see a chat refused while the service is drained.
+        report = await asyncio.to_thread(drain_actors, settings, close_sockets=False)
         assert report["queued_runs_failed"] == 1 and report["runs_stopped"] == 1
 
         run = await client.until_final(streaming)
@@ -81,6 +82,12 @@ async def test_drain_stores_runs_in_flight_and_refuses_new_chats(
         await client.chat("anyone there?", session_id="other")
         refused = await client.next_of("error")
         assert refused["code"] == "unavailable"
+
+        again = await asyncio.to_thread(drain_actors, settings)  # now closing the sockets
+        assert again["queued_runs_failed"] == 0 and again["runs_stopped"] == 0
+        assert await client.until_closed() == 1001
+    async with ChatClient(base + _token(settings, "u-drain-late")) as late:
+        assert await late.until_closed() == 1001
 
     http = base.replace("ws://", "http://", 1).split("/api/websocket/ws")[0]
     admin = {"Authorization": f"Bearer {_token(settings, 'drain-admin', admin=True)}"}

@@ -140,7 +140,6 @@ async def test_persistence_crash_loses_nothing_acknowledged(service: Service) ->
 
 
 async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> None:
-    import websockets
     from ray import serve
 
     from tests.integration.conftest import APP_NAME, deploy
@@ -150,12 +149,9 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
         run_id = await client.start("a long story in 1500 words")
         await client.next_of("message.delta")
         serve.delete(APP_NAME, _blocking=False)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            while True:
-                await client.recv()
-        # 1001 when the replica's shutdown reaches the handler; Serve's proxy may drop
-        # the connection without a close frame first (no code then).
-        assert closed.value.rcvd is None or closed.value.rcvd.code == 1001
+        # The replica closes its sockets with 1001 as soon as Serve starts to stop it,
+        # well inside the shutdown budget, so the close frame gets through the proxy.
+        assert await client.until_closed() == 1001
         seen = list(client.runs[run_id].events)
     assert client.runs[run_id].final is None, "the socket should be cut mid-stream"
     deploy(service.settings)
@@ -171,3 +167,45 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     assert service.query(
         "SELECT status FROM messages WHERE run_id = ? AND role = 'assistant'", run_id
     ) == [("completed",)]
+
+
+async def test_rolling_redeploy_closes_sockets_1001_and_runs_resume(service: Service) -> None:
+    """A new version replaces the replicas: each socket gets 1001 at once, runs go on."""
+    import uuid
+
+    from tests.integration.conftest import deploy
+
+    clients = [ChatClient(service.ws_url(f"u-rollout-{index}")) for index in range(4)]
+    for client in clients:
+        await client.__aenter__()
+    rollout: asyncio.Future[None] | None = None
+    try:
+        run_ids = [await client.start("a long story in 1500 words") for client in clients]
+        for client in clients:
+            await client.next_of("message.delta")
+        # A drain budget far longer than the runs: without the early 1001 the old
+        # replicas would hold these sockets until the runs end or Serve kills them.
+        rollout = asyncio.ensure_future(
+            asyncio.to_thread(
+                deploy, service.settings, uuid.uuid4().hex, graceful_shutdown_timeout_s=120
+            )
+        )
+        codes = [await client.until_closed() for client in clients]
+        assert codes == [1001] * len(clients)
+        cut = zip(clients, run_ids, strict=True)
+        assert all(client.runs[run_id].final is None for client, run_id in cut)
+        await rollout
+    finally:
+        if rollout is not None and not rollout.done():
+            await rollout
+        for client in clients:
+            await client.__aexit__(None, None, None)
+    wait_ready(service.http)
+    for index, (client, run_id) in enumerate(zip(clients, run_ids, strict=True)):
+        seen = list(client.runs[run_id].events)
+        async with ChatClient(service.ws_url(f"u-rollout-{index}")) as again:
+            await again.send({"type": "resume", "run_id": run_id, "after_seq": seen[-1]["seq"]})
+            rest = await again.until_final(run_id)
+        events = seen + rest.events
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert events[-1]["type"] == "run.completed"
