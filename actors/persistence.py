@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, event, func, select, text, update
+from sqlalchemy import Table, and_, event, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from actors.call_batcher import settle_each
 from actors.db_schema import messages, metadata, preferences, sessions, todos, users
 from actors.group_commit import GroupCommitter
 from actors.stats import percentiles
@@ -80,6 +83,13 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _new_id(result: Any) -> int:
     """The primary key an INSERT just created."""
     return int(result.inserted_primary_key[0])
+
+
+async def _insert_if_missing(conn: AsyncConnection, table: Table, row: dict[str, Any]) -> bool:
+    """INSERT `row` unless its primary key exists (SQLite and PostgreSQL); True if inserted."""
+    dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    result = await conn.execute(dialect_insert(table).values(**row).on_conflict_do_nothing())
+    return bool(result.rowcount == 1)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -163,21 +173,18 @@ class Persistence:
     # -- writes -----------------------------------------------------------
     async def _ensure_user_session(
         self, conn: AsyncConnection, user_id: str, session_id: str | None
-    ) -> None:
+    ) -> tuple[bool, bool]:
+        """Create the user and session rows if missing; whether each was new."""
         now = time.time()
+        new_user = new_session = False
         if user_id not in self._known_users:
-            found = await conn.scalar(select(users.c.id).where(users.c.id == user_id))
-            if found is None:
-                await conn.execute(users.insert().values(id=user_id, created_at=now))
+            new_user = await _insert_if_missing(conn, users, {"id": user_id, "created_at": now})
             self._known_users.add(user_id)
         if session_id is not None and (user_id, session_id) not in self._known_sessions:
-            key = and_(sessions.c.user_id == user_id, sessions.c.session_id == session_id)
-            found = await conn.scalar(select(sessions.c.session_id).where(key))
-            if found is None:
-                await conn.execute(
-                    sessions.insert().values(user_id=user_id, session_id=session_id, created_at=now)
-                )
+            row = {"user_id": user_id, "session_id": session_id, "created_at": now}
+            new_session = await _insert_if_missing(conn, sessions, row)
             self._known_sessions.add((user_id, session_id))
+        return new_user, new_session
 
     async def begin_turn(
         self,
@@ -226,42 +233,58 @@ class Persistence:
                         )
                     )
                     return TurnRecord(row.run_id, row.id, reply or 0, duplicate=True)
-            loaded = await self._read_context(conn, user_id) if context else None
-            history = await self._read_conversation(conn, user_id, session_id, history_limit)
-            await self._ensure_user_session(conn, user_id, session_id)
+            new_user, new_session = await self._ensure_user_session(conn, user_id, session_id)
+            # A user or session created just now has nothing to read yet.
+            loaded: UserContext | None = None
+            if context:
+                loaded = UserContext() if new_user else await self._read_context(conn, user_id)
+            history: list[dict[str, str]] = []
+            if not (new_user or new_session):
+                history = await self._read_conversation(conn, user_id, session_id, history_limit)
             now = time.time()
             base = {"user_id": user_id, "session_id": session_id, "run_id": run_id}
-            user_row = await conn.execute(
-                messages.insert().values(
+            stamps = {"created_at": now, "updated_at": now}
+            rows = [
+                {
                     **base,
-                    role="user",
-                    text=text_,
-                    status="stored",
-                    client_msg_id=client_msg_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            reply_row = await conn.execute(
-                messages.insert().values(
+                    **stamps,
+                    "role": "user",
+                    "text": text_,
+                    "status": "stored",
+                    "client_msg_id": client_msg_id,
+                },
+                {
                     **base,
-                    role="assistant",
-                    text="",
-                    status="streaming",
-                    created_at=now,
-                    updated_at=now,
-                )
+                    **stamps,
+                    "role": "assistant",
+                    "text": "",
+                    "status": "streaming",
+                    "client_msg_id": None,
+                },
+            ]
+            # Both rows in one statement; ids come back in the rows' order.
+            inserted = await conn.execute(
+                messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows
             )
+            user_message_id, reply_message_id = (int(row.id) for row in inserted)
             return TurnRecord(
                 run_id,
-                _new_id(user_row),
-                _new_id(reply_row),
+                user_message_id,
+                reply_message_id,
                 context=loaded,
                 history=history if history_limit > 0 else None,
             )
 
         record: TurnRecord = await self._write(op)
         return record
+
+    async def begin_turns(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """`begin_turn` for each argument tuple, in one call; each one's record or error."""
+        return await settle_each([self.begin_turn(*args) for args in calls])
+
+    async def finish_replies(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        """`finish_reply` for each argument tuple, in one call; each one's None or error."""
+        return await settle_each([self.finish_reply(*args) for args in calls])
 
     async def finish_reply(
         self,

@@ -244,6 +244,41 @@ async def test_begin_turn_can_bring_back_context_and_history_read_before_it(
     assert other.history == [] and other.context is None
 
 
+async def test_first_turns_read_nothing_new_and_everything_stored_before(
+    tmp_path: Path,
+) -> None:
+    """A user or session the turn creates skips its reads; one that exists is read,
+    also by a new process that has not seen it yet."""
+    first = Persistence(settings_for(tmp_path))
+    await first.start()
+    try:
+        fresh = await first.begin_turn("bob", "s1", "r1", "hi", None, context=True, history_limit=5)
+        assert fresh.context is not None and fresh.context.preferences == {}
+        assert fresh.history == []
+        await first.finish_reply(fresh.reply_message_id, "hello bob", "completed")
+        await first.set_preference("carol", "tone", "brief")  # a user with no turn yet
+        carol = await first.begin_turn("carol", "s1", "r2", "hi", None, context=True)
+        assert carol.context is not None and carol.context.preferences == {"tone": "brief"}
+    finally:
+        await first.close()
+    second = Persistence(settings_for(tmp_path))  # knows no user or session yet
+    await second.start()
+    try:
+        again = await second.begin_turn("bob", "s1", "r3", "and?", None, history_limit=5)
+        assert again.history == [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello bob"},
+        ]
+    finally:
+        await second.close()
+    # Both rows come from one statement: each id is the one its row got.
+    stored = "SELECT id, role, status FROM messages WHERE run_id = 'r3' ORDER BY id"
+    assert raw_rows(tmp_path, stored) == [
+        (again.user_message_id, "user", "stored"),
+        (again.reply_message_id, "assistant", "streaming"),
+    ]
+
+
 # -- todos and preferences ----------------------------------------------------
 
 
