@@ -23,6 +23,7 @@ from agents import Agent, Model, RunConfig, Runner
 from agents.result import RunResultStreaming
 
 from actors.assistant_agents import ASSISTANT, ChatContext, ToolServices, build_agents
+from actors.call_batcher import settle_each
 from actors.errors import Unavailable
 from actors.event_hub import EventHub, PollBatch
 from actors.events import (
@@ -203,6 +204,10 @@ class AgentManager:
         )
         self._tasks[spec.run_id] = task
         task.add_done_callback(self._forget_task)
+
+    async def start_runs(self, specs: list[RunSpec]) -> list[Any]:
+        """`start_run` for each spec, in one call; each one's None or error."""
+        return await settle_each([self.start_run(spec) for spec in specs])
 
     async def run_turn(self, spec: RunSpec) -> RunOutcome:
         """Execute one turn (started here unless `start_run` did); return its outcome.

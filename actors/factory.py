@@ -17,6 +17,7 @@ import ray
 
 from actors.agent_manager import AgentManager, RunOwner
 from actors.assistant_agents import AGENT_NAMES
+from actors.call_batcher import CallBatcher
 from actors.persistence import Persistence
 from actors.sharding import shard_for
 from actors.user_shard import UserShard
@@ -54,6 +55,38 @@ class RemoteCaller:
         return call
 
 
+class _BatchedStore(RemoteCaller):
+    """The persistence actor for a shard: concurrent `begin_turn`s share a call."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self._begin = CallBatcher(self._send_begins)
+
+    async def _send_begins(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        results: list[Any] = await self.handle.begin_turns.remote(calls)
+        return results
+
+    async def begin_turn(self, *args: Any) -> Any:
+        """`Persistence.begin_turn` (positional arguments)."""
+        return await self._begin.call(args)
+
+
+class _BatchedAgent(RemoteCaller):
+    """An agent actor for a shard: concurrent `start_run`s share a call."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self._start = CallBatcher(self._send_starts)
+
+    async def _send_starts(self, specs: list[Any]) -> list[Any]:
+        results: list[Any] = await self.handle.start_runs.remote(specs)
+        return results
+
+    async def start_run(self, spec: Any) -> None:
+        """`AgentManager.start_run`."""
+        await self._start.call(spec)
+
+
 def actor_name(settings: Settings, kind: str, index: int | None = None) -> str:
     """The registered name of an actor (`persistence`, `agent`, `shard`)."""
     return f"raychat-{kind}" if index is None else f"raychat-{kind}-{index}"
@@ -64,6 +97,11 @@ class _HandleServices:
 
     def __init__(self, persistence: Any) -> None:
         self._db = RemoteCaller(persistence)
+        self._finish = CallBatcher(self._send_finishes)  # runs that end together share a call
+
+    async def _send_finishes(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        results: list[Any] = await self._db.handle.finish_replies.remote(calls)
+        return results
 
     async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._db.add_todo(user_id, text)
@@ -89,7 +127,7 @@ class _HandleServices:
         final_seq: int | None = None,
         error_code: str | None = None,
     ) -> None:
-        await self._db.finish_reply(reply_message_id, text_, status, final_seq, error_code)
+        await self._finish.call((reply_message_id, text_, status, final_seq, error_code))
 
 
 class _NamedActorCaller:
@@ -156,8 +194,8 @@ class ShardActor(UserShard):
         super().__init__(
             settings,
             index=index,
-            store=RemoteCaller(persistence),
-            agents=[RemoteCaller(agent) for agent in agents],
+            store=_BatchedStore(persistence),
+            agents=[_BatchedAgent(agent) for agent in agents],
             agent_names=AGENT_NAMES,
         )
 
@@ -184,7 +222,11 @@ class ActorHandles:
 
     def shard(self, user_id: str) -> Any:
         """The shard actor of `user_id`."""
-        return self.shards[shard_for(user_id, len(self.shards))]
+        return self.shards[self.shard_index(user_id)]
+
+    def shard_index(self, user_id: str) -> int:
+        """The index of `user_id`'s shard."""
+        return shard_for(user_id, len(self.shards))
 
 
 def ensure_actors(settings: Settings) -> ActorHandles:

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.auth import Identity
+from actors.call_batcher import CallBatcher
 from actors.connection import Connection
 from actors.errors import RateLimited, RaychatError
 from actors.event_hub import PollBatch
@@ -61,6 +62,8 @@ class IngressCore:
         self.replica_id = uuid.uuid4().hex
         self._stopping = stopping
         self.going_away = False
+        # Chats to the same shard made at about the same time share one actor call.
+        self._chats = [CallBatcher(self._chats_sender(shard)) for shard in handles.shards]
         self._users: dict[str, set[Connection]] = {}
         # user id -> run id -> (status, text) of runs whose final event was delivered here
         self._ended: dict[str, dict[str, tuple[str, str]]] = {}
@@ -131,6 +134,14 @@ class IngressCore:
                 logger.info("the service was drained: closing %d sockets", len(self._sockets))
                 await self._close_all()
 
+    @staticmethod
+    def _chats_sender(shard: Any) -> Callable[[list[ChatRequest]], Any]:
+        async def send(requests: list[ChatRequest]) -> list[Any]:
+            results: list[Any] = await shard.chats.remote(requests)
+            return results
+
+        return send
+
     async def _close_all(self) -> None:
         """Refuse new sockets and close every open one with 1001."""
         self.going_away = True
@@ -149,6 +160,8 @@ class IngressCore:
             task.cancel()
         await asyncio.gather(*self._pollers, return_exceptions=True)
         self._pollers.clear()
+        for batcher in self._chats:
+            await batcher.close()
 
     async def _poll_loop(self, agent: Any) -> None:
         backoff = 0.05
@@ -347,7 +360,7 @@ class IngressCore:
                     for run_id, (status, text) in self._ended.pop(conn.user_id, {}).items()
                 ),
             )
-            events = await shard.chat.remote(request)
+            events = await self._chats[self.handles.shard_index(conn.user_id)].call(request)
             for event in events:
                 conn.send_event(event)
             if events and events[0].get("duplicate"):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from actors.agent_manager import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
+from actors.call_batcher import settle_each
 from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
 from actors.events import (
     RUN_CANCELLED,
@@ -280,6 +281,10 @@ class UserShard:
     def _owned(self, user_id: str, run_id: str) -> _Run | None:
         run = self._runs.get(run_id)
         return run if run is not None and run.user_id == user_id else None
+
+    async def chats(self, requests: list[ChatRequest]) -> list[Any]:
+        """`chat` for each request, in one call and in order; each one's events or error."""
+        return await settle_each([self.chat(request) for request in requests])
 
     async def chat(self, request: ChatRequest) -> list[Event]:
         """Accept a chat: store the user message, then start or queue its run.
