@@ -12,10 +12,14 @@ next one. Under light load nothing waits; under a herd one call carries many.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from actors.errors import RaychatError
+
+logger = logging.getLogger(__name__)
 ItemT = TypeVar("ItemT")
 
 # Sends one batch; answers one result per item, in order. An item that failed
@@ -32,6 +36,9 @@ async def settle_each(calls: Sequence[Awaitable[Any]]) -> list[Any]:
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result  # cancellation or exit: not an answer for one item
+        if isinstance(result, Exception) and not isinstance(result, RaychatError):
+            # Returned, its traceback does not travel: log it here, where it happened.
+            logger.error("one call of a batch failed", exc_info=result)
     return list(results)
 
 

@@ -401,6 +401,9 @@ class IngressCore:
             "outbound_queued": sum(conn.queued for conn in conns),
             "outbound_queued_max": max((conn.queued for conn in conns), default=0),
             "behind_runs": sum(conn.behind for conn in conns),
+            # Chats sent to shards, and the actor calls that carried them.
+            "chats_sent": sum(batcher.items for batcher in self._chats),
+            "chat_calls": sum(batcher.batches for batcher in self._chats),
             **self.counters,
         }
         return merge_stats(list(shards), list(agents), persistence, local)

@@ -111,3 +111,19 @@ async def test_settle_each_answers_results_and_errors_in_order() -> None:
 
     results = await settle_each([ok(1), bad(), ok(3)])
     assert results[0] == 1 and results[2] == 3 and isinstance(results[1], BadRequest)
+
+
+async def test_settle_each_logs_an_unexpected_error_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> int:
+        raise KeyError("lost")
+
+    async def refused() -> int:
+        raise BadRequest("a client's mistake, answered, not logged")
+
+    with caplog.at_level("ERROR", logger="actors.call_batcher"):
+        results = await settle_each([broken(), refused()])
+    assert isinstance(results[0], KeyError) and isinstance(results[1], BadRequest)
+    [record] = caplog.records
+    assert record.exc_info is not None and record.exc_info[1] is results[0]
