@@ -115,7 +115,7 @@ def deploy(
     """Deploy (or redeploy) the Serve app with `settings`; a new `version` rolls the replicas."""
     from ray import serve
 
-    from serve_app import RaychatIngress
+    from serve_app import REPLICA_ENV, RaychatIngress
 
     # Two replicas: a user's sockets and resumes may land on either, as in production.
     # A short drain budget by default: a redeploy cuts open sockets quickly (tests reconnect).
@@ -124,10 +124,8 @@ def deploy(
         "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
     }
     if version is not None:  # changed actor options make Serve replace every replica
-        options["ray_actor_options"] = {
-            "num_cpus": 0,
-            "runtime_env": {"env_vars": {"RAYCHAT_TEST_DEPLOY_VERSION": version}},
-        }
+        env = {**REPLICA_ENV, "RAYCHAT_TEST_DEPLOY_VERSION": version}
+        options["ray_actor_options"] = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
     app = RaychatIngress.options(**options).bind(settings)
     serve.run(app, name=APP_NAME, route_prefix="/")
 

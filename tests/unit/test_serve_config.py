@@ -20,3 +20,11 @@ def test_serve_yaml_is_a_valid_serve_config_for_the_app() -> None:
     # Every open socket holds a slot: thousands per replica, and a bounded queue.
     assert deployment.max_ongoing_requests >= 2000
     assert 0 < deployment.max_queued_requests < deployment.max_ongoing_requests
+
+
+def test_serve_yaml_gives_the_replicas_the_environment_serve_app_asks_for() -> None:
+    from serve_app import REPLICA_ENV
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = schema.applications
+    assert REPLICA_ENV.items() <= app.runtime_env["env_vars"].items()
