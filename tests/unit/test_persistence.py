@@ -279,6 +279,23 @@ async def test_first_turns_read_nothing_new_and_everything_stored_before(
     ]
 
 
+async def test_batch_twins_answer_each_call_in_order(p: Persistence) -> None:
+    """One call carries many turns; a bad one fails alone."""
+    records = await p.begin_turns(
+        [("alice", "s1", "b1", "hi", None), ("bob", "s1", "b2", "yo", None)]
+    )
+    assert [r.run_id for r in records] == ["b1", "b2"]
+    done = await p.finish_replies(
+        [
+            (records[0].reply_message_id, "hello", "completed"),
+            (records[1].reply_message_id, "", "on"),
+        ]
+    )
+    assert done[0] is None and isinstance(done[1], ValueError)
+    stored = await p.run_record("alice", "b1")
+    assert stored is not None and stored["status"] == "completed"
+
+
 # -- todos and preferences ----------------------------------------------------
 
 
