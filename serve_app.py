@@ -15,7 +15,7 @@ from ray import serve
 from actors.auth import Identity, TokenCodec, bearer_token, codec_for
 from actors.errors import AuthError
 from actors.factory import ensure_actors
-from actors.ingress import IngressCore
+from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.messages import SESSION_ID_PATTERN
 from actors.replica_drain import serve_replica_stopping
 from config import Settings
@@ -39,8 +39,8 @@ def _token(request_token: str | None, authorization: str | None) -> str | None:
     max_ongoing_requests=4096,
     max_queued_requests=256,
     # The handlers run on the replica's own event loop, not on a second thread's
-    # (Serve's default): one thread hop less per message, and the socket's send
-    # then waits when the server in front of it stops taking data.
+    # (Serve's default): one thread hop less per message. With direct ingress a
+    # socket's send then also waits once the replica's uvicorn stops writing.
     ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": REPLICA_ENV}},
     health_check_period_s=10,
     graceful_shutdown_timeout_s=20,
@@ -84,6 +84,9 @@ class RaychatIngress:
             await self._refuse_full(websocket)
             return
         await websocket.accept()
+        if self.core.going_away:  # this replica is stopping: try another
+            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
         token = _token(websocket.query_params.get("token"), websocket.headers.get("authorization"))
         try:
             identity = self.codec.verify(token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,7 +260,8 @@ def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, in
     actors end their runs in flight as failed (code `shutdown`) with the partial
     reply stored, then the persistence actor commits everything queued. Last,
     unless `close_sockets` is False, the shards tell the ingress replicas (at
-    their next shard check) to close every socket with 1001 and refuse new ones.
+    their next shard check) to close every socket with 1001 and refuse new ones,
+    and this waits two such checks before it returns.
     The actors keep running but take no new runs: stop the cluster next.
     """
     ns = settings.namespace
@@ -275,4 +277,6 @@ def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, in
     stored = ray.get(persistence.flush.remote())
     if close_sockets:
         ray.get([shard.close_sockets.remote() for shard in shards])
+        # Replicas look every `agent_check_s`: give them two looks before the cluster stops.
+        time.sleep(2 * settings.agent_check_s + 2.0)
     return {"queued_runs_failed": queued, "runs_stopped": stopped, "messages_stored": stored}

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -69,6 +68,7 @@ class IngressCore:
         self._ended: dict[str, dict[str, tuple[str, str]]] = {}
         self._pollers: list[asyncio.Task[None]] = []
         self._sockets: set[WebSocket] = set()
+        self._going: set[WebSocket] = set()  # closed with 1001 (or being closed)
         self.counters = dict.fromkeys(
             (
                 "opened",
@@ -143,15 +143,20 @@ class IngressCore:
         return send
 
     async def _close_all(self) -> None:
-        """Refuse new sockets and close every open one with 1001."""
+        """Refuse new sockets and close every open one with 1001, all at once."""
         self.going_away = True
-        for websocket in list(self._sockets):
-            await self._going_away(websocket)
+        await asyncio.gather(*(self._going_away(websocket) for websocket in list(self._sockets)))
 
     async def _going_away(self, websocket: WebSocket) -> None:
-        self.counters["going_away_closed"] += 1
-        with suppress(Exception):  # the client may have gone already
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+        if websocket in self._going:
+            return
+        self._going.add(websocket)
+        try:  # bounded: a client that stopped reading must not hold the others up
+            await asyncio.wait_for(websocket.close(CLOSE_GOING_AWAY, "server shutting down"), 2.0)
+        except Exception:  # the client may have gone already
+            logger.debug("could not close a socket with 1001", exc_info=True)
+        else:
+            self.counters["going_away_closed"] += 1
 
     async def stop(self) -> None:
         """Close every socket with 1001 and stop the pollers."""
@@ -251,6 +256,7 @@ class IngressCore:
                     del self._users[user_id]
                     self._ended.pop(user_id, None)
             self._sockets.discard(websocket)
+            self._going.discard(websocket)
             for task in (sender, supervisor):
                 task.cancel()
             for result in await asyncio.gather(sender, supervisor, return_exceptions=True):
@@ -296,8 +302,8 @@ class IngressCore:
                 self.counters["idle_closed"] += 1
                 await websocket.close(CLOSE_NORMAL, "idle timeout")
                 return
-            if message["type"] == "websocket.disconnect":
-                return
+            if message["type"] == "websocket.disconnect" or websocket in self._going:
+                return  # closed with 1001: nothing more is taken from it
             self.counters["frames"] += 1
             wait_s = frames.take()
             if wait_s > 0:
