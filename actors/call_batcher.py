@@ -32,14 +32,21 @@ async def settle_each(calls: Sequence[Awaitable[Any]]) -> list[Any]:
 
     The body of a batch method: the items run as they would as separate calls.
     """
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
+    results = list(await asyncio.gather(*calls, return_exceptions=True))
+    for index, result in enumerate(results):
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result  # cancellation or exit: not an answer for one item
         if isinstance(result, Exception) and not isinstance(result, RaychatError):
-            # Returned, its traceback does not travel: log it here, where it happened.
-            logger.error("one call of a batch failed", exc_info=result)
-    return list(results)
+            # Returned, its traceback does not travel: log it here, where it happened,
+            # and answer an error any process can unpickle (the item alone fails).
+            logger.error("item %d of a batch of %d failed", index, len(results), exc_info=result)
+            results[index] = BatchItemFailed(f"{type(result).__name__}: {result}")
+    return results
+
+
+class BatchItemFailed(RuntimeError):
+    """An unexpected error of one item of a batch (logged with its traceback where it
+    happened)."""
 
 
 class CallBatcher(Generic[ItemT]):
@@ -102,10 +109,15 @@ class CallBatcher(Generic[ItemT]):
             for _, future in batch:
                 future.cancel()
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            # Every caller in the batch fails with it; an exit that is not an
+            # Exception still reaches each caller as an error, then goes on.
+            error = exc if isinstance(exc, Exception) else RuntimeError(f"interrupted: {exc!r}")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
+            if error is not exc:
+                raise
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():  # the caller was cancelled meanwhile

@@ -262,11 +262,13 @@ class Persistence:
                     "client_msg_id": None,
                 },
             ]
-            # Both rows in one statement; ids come back in the rows' order.
+            # Both rows in one multi-row INSERT (SQLite >= 3.35 for RETURNING); its
+            # rows may come back in any order, so each id is matched by its role.
             inserted = await conn.execute(
-                messages.insert().returning(messages.c.id, sort_by_parameter_order=True), rows
+                messages.insert().values(rows).returning(messages.c.id, messages.c.role)
             )
-            user_message_id, reply_message_id = (int(row.id) for row in inserted)
+            ids = {row.role: int(row.id) for row in inserted}
+            user_message_id, reply_message_id = ids["user"], ids["assistant"]
             return TurnRecord(
                 run_id,
                 user_message_id,

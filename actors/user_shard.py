@@ -678,8 +678,13 @@ class UserShard:
         await asyncio.shield(asking)
 
     async def _ask_end(self, run: _Run) -> None:
+        # Bounded: chats sent together to this shard are answered together, so one
+        # silent agent must not hold the others up; the watchdog learns the end later.
+        limit_s = max(1.0, self._settings.agent_check_s)
         try:
-            outcome = await self._agents[run.agent_index].report_end(run.run_id)
+            outcome = await asyncio.wait_for(
+                self._agents[run.agent_index].report_end(run.run_id), limit_s
+            )
         except Exception:
             logger.warning(
                 "agent %d did not say whether run %s ended",

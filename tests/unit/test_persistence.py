@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.call_batcher import BatchItemFailed
 from actors.group_commit import WriterClosed
 from actors.persistence import Persistence, TurnRecord
 from config import Settings
@@ -291,7 +292,8 @@ async def test_batch_twins_answer_each_call_in_order(p: Persistence) -> None:
             (records[1].reply_message_id, "", "on"),
         ]
     )
-    assert done[0] is None and isinstance(done[1], ValueError)
+    assert done[0] is None and isinstance(done[1], BatchItemFailed)
+    assert "not a final status" in str(done[1])
     stored = await p.run_record("alice", "b1")
     assert stored is not None and stored["status"] == "completed"
 
