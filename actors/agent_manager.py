@@ -205,9 +205,9 @@ class AgentManager:
         self._tasks[spec.run_id] = task
         task.add_done_callback(self._forget_task)
 
-    async def start_runs(self, specs: list[RunSpec]) -> list[Any]:
-        """`start_run` for each spec, in one call; each one's None or error."""
-        return await settle_each([self.start_run(spec) for spec in specs])
+    async def start_runs(self, calls: list[tuple[RunSpec]]) -> list[Any]:
+        """`start_run` for each argument tuple, in one call; each one's None or error."""
+        return await settle_each([self.start_run(*args) for args in calls])
 
     async def run_turn(self, spec: RunSpec) -> RunOutcome:
         """Execute one turn (started here unless `start_run` did); return its outcome.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import ray
 
 from actors.agent_manager import AgentManager, RunOwner
 from actors.assistant_agents import AGENT_NAMES
-from actors.call_batcher import CallBatcher
+from actors.call_batcher import BatchSend, CallBatcher
 from actors.persistence import Persistence
 from actors.sharding import shard_for
 from actors.user_shard import UserShard
@@ -39,14 +40,39 @@ _ACTOR_OPTIONS: dict[str, Any] = {
 
 
 class RemoteCaller:
-    """Calls an actor's methods as coroutines: `await caller.method(*args)`."""
+    """Calls an actor's methods as coroutines: `await caller.method(*args)`.
 
-    def __init__(self, handle: Any) -> None:
+    A method named in `batched` (method name -> its batch twin, which takes a
+    list of argument tuples and answers each one's result or error) goes through
+    a `CallBatcher`: calls made at about the same time share one actor call.
+    """
+
+    def __init__(self, handle: Any, batched: Mapping[str, str] | None = None) -> None:
         self.handle = handle
+        self.batchers: dict[str, CallBatcher[tuple[Any, ...]]] = {
+            name: CallBatcher(self._twin_sender(twin)) for name, twin in (batched or {}).items()
+        }
+
+    def _twin_sender(self, twin: str) -> BatchSend[tuple[Any, ...]]:
+        method = getattr(self.handle, twin)
+
+        async def send(calls: list[tuple[Any, ...]]) -> list[Any]:
+            results: list[Any] = await method.remote(calls)
+            return results
+
+        return send
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name == "handle":
+        if name.startswith("_") or name in ("handle", "batchers"):
             raise AttributeError(name)
+        batcher = self.batchers.get(name)
+        if batcher is not None:
+
+            async def batched_call(*args: Any) -> Any:
+                return await batcher.call(args)
+
+            batched_call.__name__ = name
+            return batched_call
         method = getattr(self.handle, name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -54,38 +80,6 @@ class RemoteCaller:
 
         call.__name__ = name
         return call
-
-
-class _BatchedStore(RemoteCaller):
-    """The persistence actor for a shard: concurrent `begin_turn`s share a call."""
-
-    def __init__(self, handle: Any) -> None:
-        super().__init__(handle)
-        self._begin = CallBatcher(self._send_begins)
-
-    async def _send_begins(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        results: list[Any] = await self.handle.begin_turns.remote(calls)
-        return results
-
-    async def begin_turn(self, *args: Any) -> Any:
-        """`Persistence.begin_turn` (positional arguments)."""
-        return await self._begin.call(args)
-
-
-class _BatchedAgent(RemoteCaller):
-    """An agent actor for a shard: concurrent `start_run`s share a call."""
-
-    def __init__(self, handle: Any) -> None:
-        super().__init__(handle)
-        self._start = CallBatcher(self._send_starts)
-
-    async def _send_starts(self, specs: list[Any]) -> list[Any]:
-        results: list[Any] = await self.handle.start_runs.remote(specs)
-        return results
-
-    async def start_run(self, spec: Any) -> None:
-        """`AgentManager.start_run`."""
-        await self._start.call(spec)
 
 
 def actor_name(settings: Settings, kind: str, index: int | None = None) -> str:
@@ -97,12 +91,8 @@ class _HandleServices:
     """`ToolServices` and `ReplyStore` over the persistence actor's handle."""
 
     def __init__(self, persistence: Any) -> None:
-        self._db = RemoteCaller(persistence)
-        self._finish = CallBatcher(self._send_finishes)  # runs that end together share a call
-
-    async def _send_finishes(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        results: list[Any] = await self._db.handle.finish_replies.remote(calls)
-        return results
+        # Runs that end together share a call to store their replies.
+        self._db = RemoteCaller(persistence, batched={"finish_reply": "finish_replies"})
 
     async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._db.add_todo(user_id, text)
@@ -128,7 +118,7 @@ class _HandleServices:
         final_seq: int | None = None,
         error_code: str | None = None,
     ) -> None:
-        await self._finish.call((reply_message_id, text_, status, final_seq, error_code))
+        await self._db.finish_reply(reply_message_id, text_, status, final_seq, error_code)
 
 
 class _NamedActorCaller:
@@ -195,8 +185,9 @@ class ShardActor(UserShard):
         super().__init__(
             settings,
             index=index,
-            store=_BatchedStore(persistence),
-            agents=[_BatchedAgent(agent) for agent in agents],
+            # Turns that start together share a call to store them and one to start them.
+            store=RemoteCaller(persistence, batched={"begin_turn": "begin_turns"}),
+            agents=[RemoteCaller(agent, batched={"start_run": "start_runs"}) for agent in agents],
             agent_names=AGENT_NAMES,
         )
 

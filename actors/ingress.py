@@ -18,12 +18,11 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.auth import Identity
-from actors.call_batcher import CallBatcher
 from actors.connection import Connection
 from actors.errors import RateLimited, RaychatError
 from actors.event_hub import PollBatch
 from actors.events import error_event
-from actors.factory import ActorHandles
+from actors.factory import ActorHandles, RemoteCaller
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
 from actors.stats_report import merge_stats
@@ -62,7 +61,7 @@ class IngressCore:
         self._stopping = stopping
         self.going_away = False
         # Chats to the same shard made at about the same time share one actor call.
-        self._chats = [CallBatcher(self._chats_sender(shard)) for shard in handles.shards]
+        self._shard_chats = [RemoteCaller(s, batched={"chat": "chats"}) for s in handles.shards]
         self._users: dict[str, set[Connection]] = {}
         # user id -> run id -> (status, text) of runs whose final event was delivered here
         self._ended: dict[str, dict[str, tuple[str, str]]] = {}
@@ -134,14 +133,6 @@ class IngressCore:
                 logger.info("the service was drained: closing %d sockets", len(self._sockets))
                 await self._close_all()
 
-    @staticmethod
-    def _chats_sender(shard: Any) -> Callable[[list[ChatRequest]], Any]:
-        async def send(requests: list[ChatRequest]) -> list[Any]:
-            results: list[Any] = await shard.chats.remote(requests)
-            return results
-
-        return send
-
     async def _close_all(self) -> None:
         """Refuse new sockets and close every open one with 1001, all at once."""
         self.going_away = True
@@ -165,8 +156,8 @@ class IngressCore:
             task.cancel()
         await asyncio.gather(*self._pollers, return_exceptions=True)
         self._pollers.clear()
-        for batcher in self._chats:
-            await batcher.close()
+        for caller in self._shard_chats:
+            await caller.batchers["chat"].close()
 
     async def _poll_loop(self, agent: Any) -> None:
         backoff = 0.05
@@ -366,7 +357,7 @@ class IngressCore:
                     for run_id, (status, text) in self._ended.pop(conn.user_id, {}).items()
                 ),
             )
-            events = await self._chats[self.handles.shard_index(conn.user_id)].call(request)
+            events = await self._shard_chats[self.handles.shard_index(conn.user_id)].chat(request)
             for event in events:
                 conn.send_event(event)
             if events and events[0].get("duplicate"):
@@ -408,8 +399,8 @@ class IngressCore:
             "outbound_queued_max": max((conn.queued for conn in conns), default=0),
             "behind_runs": sum(conn.behind for conn in conns),
             # Chats sent to shards, and the actor calls that carried them.
-            "chats_sent": sum(batcher.items for batcher in self._chats),
-            "chat_calls": sum(batcher.batches for batcher in self._chats),
+            "chats_sent": sum(caller.batchers["chat"].items for caller in self._shard_chats),
+            "chat_calls": sum(caller.batchers["chat"].batches for caller in self._shard_chats),
             **self.counters,
         }
         return merge_stats(list(shards), list(agents), persistence, local)

@@ -282,9 +282,9 @@ class UserShard:
         run = self._runs.get(run_id)
         return run if run is not None and run.user_id == user_id else None
 
-    async def chats(self, requests: list[ChatRequest]) -> list[Any]:
-        """`chat` for each request, in one call and in order; each one's events or error."""
-        return await settle_each([self.chat(request) for request in requests])
+    async def chats(self, calls: list[tuple[ChatRequest]]) -> list[Any]:
+        """`chat` for each argument tuple, in one call and in order; each one's events or error."""
+        return await settle_each([self.chat(*args) for args in calls])
 
     async def chat(self, request: ChatRequest) -> list[Event]:
         """Accept a chat: store the user message, then start or queue its run.

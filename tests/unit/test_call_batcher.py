@@ -129,3 +129,37 @@ async def test_settle_each_logs_an_unexpected_error_with_its_traceback(
     assert isinstance(results[1], BadRequest)
     [record] = caplog.records
     assert record.exc_info is not None and isinstance(record.exc_info[1], KeyError)
+
+
+class _FakeMethod:
+    """An actor method as a handle shows it: `.remote(...)` answers an awaitable."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.calls: list[tuple[Any, ...]] = []
+
+    def remote(self, *args: Any) -> Any:
+        self.calls.append(args)
+        return self.fn(*args)
+
+
+async def test_remote_caller_sends_a_batched_method_through_its_twin() -> None:
+    from actors.factory import RemoteCaller
+
+    async def sums(calls: list[tuple[int, int]]) -> list[Any]:
+        return [a + b if b else BadRequest("no b") for a, b in calls]
+
+    async def ping() -> bool:
+        return True
+
+    handle = type("Handle", (), {})()
+    handle.add_pairs = _FakeMethod(sums)
+    handle.ping = _FakeMethod(ping)
+    caller = RemoteCaller(handle, batched={"add": "add_pairs"})
+    calls = (caller.add(1, 2), caller.add(3, 4), caller.add(5, 0), caller.add(6, 1))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert results[:2] == [3, 7] and isinstance(results[2], BadRequest) and results[3] == 7
+    # Two calls go at once (two may be on their way); the two made meanwhile share one.
+    assert handle.add_pairs.calls == [([(1, 2)],), ([(3, 4)],), ([(5, 0), (6, 1)],)]
+    assert await caller.ping() is True  # other methods are plain calls
+    assert (caller.batchers["add"].items, caller.batchers["add"].batches) == (4, 3)
