@@ -14,13 +14,17 @@ from ray import serve
 
 from actors.auth import Identity, TokenCodec, bearer_token, codec_for
 from actors.errors import AuthError
-from actors.factory import ensure_actors
+from actors.factory import ensure_actors, sized_settings
 from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.messages import SESSION_ID_PATTERN
 from actors.replica_drain import serve_replica_stopping
 from config import Settings
+from config.serve_env import HAPROXY_FLAG, apply_serve_defaults
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+# Serve's HAProxy ingress where it can run (Linux), unless RAY_SERVE_ENABLE_HA_PROXY is set:
+# `serve run serve_app:app` imports this module before it starts its local Ray.
+INGRESS = apply_serve_defaults()
 logger = logging.getLogger("raychat.ingress")
 
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
@@ -50,15 +54,31 @@ class RaychatIngress:
     """One ingress replica: authenticates, parses and streams; holds no lasting state."""
 
     async def __init__(self, settings: Settings | None = None) -> None:  # type: ignore[misc]
-        self.settings = settings or Settings()
+        """Find or start the actors and wait until they answer: ready means ready.
+
+        Serve reports the app ready when this returns, so the first chat finds
+        the database open, the agents built and the SDK warmed.
+        """
+        self.settings = sized_settings(settings or Settings())
         self.codec: TokenCodec = codec_for(self.settings)
         self.core = IngressCore(
             self.settings, ensure_actors(self.settings), stopping=serve_replica_stopping
         )
+        await self.core.wait_ready()
         self.core.start()
+        logger.info(
+            "ready: %d shard and %d agent actors, Serve ingress %s",
+            self.settings.shard_count,
+            self.settings.agent_actor_count,
+            "HAProxy" if os.environ.get(HAPROXY_FLAG) == "1" else "Python proxy",
+        )
 
     async def __del__(self) -> None:
         await self.core.stop()
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: fails while a background task is down."""
+        self.core.check_health()
 
     def _identity(self, token: str | None) -> Identity:
         try:
@@ -80,20 +100,25 @@ class RaychatIngress:
     @api.websocket("/api/websocket/ws")
     async def websocket(self, websocket: WebSocket) -> None:
         """The chat stream of PROTOCOL.md."""
-        if self.core.full:
+        if not self.core.admit(websocket):
             await self._refuse_full(websocket)
             return
-        await websocket.accept()
-        if self.core.going_away:  # this replica is stopping: try another
-            await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
-            return
-        token = _token(websocket.query_params.get("token"), websocket.headers.get("authorization"))
         try:
-            identity = self.codec.verify(token)
-        except AuthError:
-            await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
-            return
-        await self.core.serve_socket(websocket, identity)
+            await websocket.accept()
+            if self.core.going_away:  # this replica is stopping: try another
+                await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
+                return
+            token = _token(
+                websocket.query_params.get("token"), websocket.headers.get("authorization")
+            )
+            try:
+                identity = self.codec.verify(token)
+            except AuthError:
+                await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
+                return
+            await self.core.serve_socket(websocket, identity)
+        finally:
+            self.core.release(websocket)
 
     async def _refuse_full(self, websocket: WebSocket) -> None:
         """503 before the handshake where the server can say so, else close 1013."""

@@ -42,6 +42,9 @@ from config import Settings
 logger = logging.getLogger(__name__)
 OUTCOMES_KEPT = 10_000
 SHUTDOWN_MESSAGE = "the service stopped during this run; its partial reply is stored"
+WARM_UP_TEXT = "hello"  # no intent: a plain text reply, no tool, nothing stored
+WARM_UP_USER = "raychat-warm-up"
+WARM_UP_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class AgentManager:
         self.housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
         self._last_housekeeping = clock()
         self.buffers_expired = 0
+        self._warm_lock = asyncio.Lock()
+        self._warmed = False
 
     def agent(self, name: str) -> Agent[ChatContext]:
         """The shared agent called `name` (KeyError if there is none)."""
@@ -366,6 +371,30 @@ class AgentManager:
         if first_delta_at is not None:
             self.ttft_ms.add((first_delta_at - started) * 1000)
         return outcome
+
+    # -- start-up ---------------------------------------------------------
+    async def warm_up(self) -> bool:
+        """Run the SDK once, off the record, so the first user's run costs what later ones do.
+
+        The run goes through the assistant agent with an instant simulated model
+        (whatever model is configured: no request reaches an endpoint), stores
+        nothing and emits no event. Once per manager; later calls return at once.
+        """
+        async with self._warm_lock:
+            if not self._warmed:
+                model = SimulatedModel(ttft_s=0.0, tokens_per_s=1e6, reply_tokens=WARM_UP_TOKENS)
+                stream = Runner.run_streamed(
+                    self._agents[ASSISTANT],
+                    WARM_UP_TEXT,
+                    context=ChatContext(WARM_UP_USER, self._services),
+                    max_turns=self._settings.max_turns,
+                    run_config=RunConfig(model=model, tracing_disabled=True),
+                )
+                translator = EventTranslator(agent=ASSISTANT)
+                async for sdk_event in stream.stream_events():
+                    translator.translate(sdk_event)
+                self._warmed = True
+        return True
 
     # -- event delivery ---------------------------------------------------
     async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:

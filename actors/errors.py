@@ -74,3 +74,15 @@ class AuthError(RaychatError):
     """The token is missing, invalid or expired."""
 
     code = "unauthenticated"
+
+
+class ConfigurationError(RaychatError):
+    """The settings cannot work with the cluster as it runs; the service refuses to start."""
+
+    code = "internal"
+
+
+class NotReady(RaychatError):
+    """The actors did not all answer (and warm up) within the start timeout."""
+
+    code = "unavailable"

@@ -20,6 +20,7 @@ import ray
 from actors.agent_manager import AgentManager, RunOwner
 from actors.assistant_agents import AGENT_NAMES
 from actors.call_batcher import BatchSend, CallBatcher
+from actors.errors import ConfigurationError
 from actors.persistence import Persistence
 from actors.sharding import shard_for
 from actors.user_shard import UserShard
@@ -110,6 +111,11 @@ class _HandleServices:
         context = await self._db.load_context(user_id)
         return context.preferences, context.todos
 
+    async def ping(self) -> bool:
+        """True once the persistence actor answers (its database is open)."""
+        answer: bool = await self._db.ping()
+        return answer
+
     async def finish_reply(
         self,
         reply_message_id: int,
@@ -162,6 +168,7 @@ class AgentActor(AgentManager):
     def __init__(self, settings: Settings, persistence: Any) -> None:
         services = _HandleServices(persistence)
         super().__init__(settings, services=services, store=services, report_ends=False)
+        self._db = services
         self._shards: dict[int, _NamedActorCaller] = {}
 
     def wrap_owner(self, owner: Any) -> RunOwner:
@@ -177,17 +184,26 @@ class AgentActor(AgentManager):
         """Liveness for `/readyz`."""
         return True
 
+    async def warm_up(self) -> bool:
+        """Reach the persistence actor and run the SDK once (see `AgentManager.warm_up`)."""
+        await self._db.ping()
+        return await super().warm_up()
+
 
 class ShardActor(UserShard):
     """A user shard whose store and agents are other actors."""
 
     def __init__(self, settings: Settings, index: int, persistence: Any, agents: list[Any]) -> None:
+        # Turns that start together share a call to store them and one to start them.
+        self._db = RemoteCaller(persistence, batched={"begin_turn": "begin_turns"})
+        self._agent_actors = [
+            RemoteCaller(agent, batched={"start_run": "start_runs"}) for agent in agents
+        ]
         super().__init__(
             settings,
             index=index,
-            # Turns that start together share a call to store them and one to start them.
-            store=RemoteCaller(persistence, batched={"begin_turn": "begin_turns"}),
-            agents=[RemoteCaller(agent, batched={"start_run": "start_runs"}) for agent in agents],
+            store=self._db,
+            agents=list(self._agent_actors),
             agent_names=AGENT_NAMES,
         )
 
@@ -197,6 +213,11 @@ class ShardActor(UserShard):
 
     async def ping(self) -> bool:
         """Liveness for `/readyz`."""
+        return True
+
+    async def warm_up(self) -> bool:
+        """Reach the persistence actor and every agent actor once, before the first chat."""
+        await asyncio.gather(self._db.ping(), *(agent.ping() for agent in self._agent_actors))
         return True
 
 
@@ -221,8 +242,53 @@ class ActorHandles:
         return shard_for(user_id, len(self.shards))
 
 
+def running_counts(namespace: str) -> tuple[int, int]:
+    """How many shard and agent actors run in `namespace` (blocking GCS lookup)."""
+    names = {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == namespace
+    }
+
+    def count(kind: str) -> int:
+        found = 0
+        while f"raychat-{kind}-{found}" in names:
+            found += 1
+        return found
+
+    return count("shard"), count("agent")
+
+
+def sized_settings(settings: Settings) -> Settings:
+    """`settings` with the actor counts in use: those running, else sized for the cluster.
+
+    A count set explicitly wins when the actors are first created; once they
+    run, a different explicit count is refused: the shard count decides which
+    shard owns a user, so changing it would silently move users.
+    """
+    shards, agents = running_counts(settings.namespace)
+    if not shards and not agents:
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        return settings.sized(resources.get("CPU", 1))
+    for variable, wanted, running in (
+        ("RAYCHAT_SHARDS", settings.shards, shards),
+        ("RAYCHAT_AGENT_ACTORS", settings.agent_actors, agents),
+    ):
+        if wanted is not None and wanted != running:
+            raise ConfigurationError(
+                f"{variable}={wanted}, but {running} run in namespace {settings.namespace!r}: "
+                "the counts cannot change while the actors run (users would move to other "
+                "shards). Run `raychat drain` and restart the cluster, or use another "
+                "RAYCHAT_NAMESPACE."
+            )
+    return settings.model_copy(update={"shards": shards, "agent_actors": agents})
+
+
 def ensure_actors(settings: Settings) -> ActorHandles:
-    """Create the service's actors, or find them if they already run (blocking)."""
+    """Create the service's actors, or find them if they already run (blocking).
+
+    `settings` must be `sized_settings` (actor counts known).
+    """
     ns = settings.namespace
     persistence = (
         ray.remote(PersistenceActor)
@@ -233,13 +299,13 @@ def ensure_actors(settings: Settings) -> ActorHandles:
         ray.remote(AgentActor)
         .options(name=actor_name(settings, "agent", i), namespace=ns, **_ACTOR_OPTIONS)
         .remote(settings, persistence)
-        for i in range(settings.agent_actors)
+        for i in range(settings.agent_actor_count)
     ]
     shards = [
         ray.remote(ShardActor)
         .options(name=actor_name(settings, "shard", i), namespace=ns, **_ACTOR_OPTIONS)
         .remote(settings, i, persistence, agents)
-        for i in range(settings.shards)
+        for i in range(settings.shard_count)
     ]
     return ActorHandles(persistence=persistence, agents=agents, shards=shards)
 
@@ -261,7 +327,9 @@ def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, in
         indexes: list[int | None] = [None] if count is None else list(range(count))
         return [ray.get_actor(actor_name(settings, kind, i), namespace=ns) for i in indexes]
 
-    shards, agents = find("shard", settings.shards), find("agent", settings.agent_actors)
+    settings = sized_settings(settings)
+    shards = find("shard", settings.shard_count)
+    agents = find("agent", settings.agent_actor_count)
     [persistence] = find("persistence")
     queued = sum(ray.get([shard.drain.remote() for shard in shards]))
     stopped = sum(ray.get([agent.drain.remote() for agent in agents]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.auth import Identity
 from actors.connection import Connection
-from actors.errors import RateLimited, RaychatError
+from actors.errors import NotReady, RateLimited, RaychatError
 from actors.event_hub import PollBatch
 from actors.events import error_event
 from actors.factory import ActorHandles, RemoteCaller
@@ -28,6 +29,7 @@ from actors.rate_limit import TokenBucket
 from actors.stats_report import merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
+from config.serve_env import HAPROXY_FLAG
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,32 @@ class IngressCore:
                 self._pollers.append(
                     loop.create_task(self._close_when_stopping(stopping), name="drain-watch")
                 )
+
+    async def wait_ready(self) -> None:
+        """Return once every actor answers and the agents have run the SDK once.
+
+        Actors still being created take the calls when their constructor
+        returns. Raises `NotReady` after `start_timeout_s`, or the error of
+        an actor that cannot start (a bad database URL, say).
+        """
+        handles = self.handles
+        calls = [handles.persistence.ping.remote()]
+        calls += [agent.warm_up.remote() for agent in handles.agents]
+        calls += [shard.warm_up.remote() for shard in handles.shards]
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls), self.settings.start_timeout_s)
+        except TimeoutError:
+            raise NotReady(
+                f"the actors did not answer within {self.settings.start_timeout_s:g} s "
+                "(RAYCHAT_START_TIMEOUT_S)"
+            ) from None
+
+    def check_health(self) -> None:
+        """Raise if a background task of this replica has stopped (Serve's health check)."""
+        for task in self._pollers:
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                raise RuntimeError(f"the replica's {task.get_name()} task stopped") from error
 
     async def _close_when_stopping(self, stopping: Callable[[], bool | None]) -> None:
         """Once the replica is being stopped, close every socket with 1001 at once.
@@ -195,10 +223,21 @@ class IngressCore:
                     del ended[next(iter(ended))]
 
     # -- sockets ---------------------------------------------------------------
-    @property
-    def full(self) -> bool:
-        """True when this replica holds as many sockets as it may."""
-        return len(self._sockets) >= self.settings.max_sockets_per_replica
+    def admit(self, websocket: WebSocket) -> bool:
+        """Count a new socket against this replica's limit at once; False when it is full.
+
+        Counted before its handshake, so sockets that arrive together cannot
+        all pass the check while the first ones are still being admitted.
+        """
+        if len(self._sockets) >= self.settings.max_sockets_per_replica:
+            return False
+        self._sockets.add(websocket)
+        return True
+
+    def release(self, websocket: WebSocket) -> None:
+        """Uncount a socket that `admit` counted (idempotent)."""
+        self._sockets.discard(websocket)
+        self._going.discard(websocket)
 
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
         """Run one authenticated, accepted socket until it closes."""
@@ -223,7 +262,7 @@ class IngressCore:
         if not admitted:
             await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
             return
-        self._sockets.add(websocket)
+        self._sockets.add(websocket)  # counted by `admit` already, unless called directly
         self._users.setdefault(user_id, set()).add(conn)
         self.counters["opened"] += 1
         loop = asyncio.get_running_loop()
@@ -246,8 +285,7 @@ class IngressCore:
                 if not users:
                     del self._users[user_id]
                     self._ended.pop(user_id, None)
-            self._sockets.discard(websocket)
-            self._going.discard(websocket)
+            self.release(websocket)
             for task in (sender, supervisor):
                 task.cancel()
             for result in await asyncio.gather(sender, supervisor, return_exceptions=True):
@@ -391,6 +429,10 @@ class IngressCore:
         conns = [conn for user_conns in self._users.values() for conn in user_conns]
         local = {
             "replica_id": self.replica_id,
+            # Serve's ingress in front of this replica, and the actor counts in use.
+            "proxy": "haproxy" if os.environ.get(HAPROXY_FLAG) == "1" else "python",
+            "shards": len(self.handles.shards),
+            "agent_actors": len(self.handles.agents),
             "sockets": len(self._sockets),
             "users": len(self._users),
             # Frames waiting in this replica's outbound queues (each bounded by

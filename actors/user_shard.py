@@ -584,7 +584,7 @@ class UserShard:
         rows = [
             row
             for row in await self._store.streaming_replies()
-            if shard_for(row["user_id"], self._settings.shards) == self.index
+            if shard_for(row["user_id"], self._settings.shard_count) == self.index
             and row["run_id"] not in self._runs
         ]
         if not rows:

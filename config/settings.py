@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/raychat.db"
+MAX_AUTO_SHARDS = 16
+MAX_AUTO_AGENT_ACTORS = 32
 
 
 class Settings(BaseSettings):
@@ -28,13 +30,17 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
     namespace: str = "raychat"
 
-    # Actors.
-    shards: int = Field(default=4, ge=1, le=256)
-    agent_actors: int = Field(default=2, ge=1, le=64)
+    # Actors. Unset counts are picked from the cluster's CPUs (`sized`) when the
+    # actors are first created; every replica then uses the counts that run.
+    shards: int | None = Field(default=None, ge=1, le=256)
+    agent_actors: int | None = Field(default=None, ge=1, le=64)
     context_ttl_s: float = Field(default=600.0, gt=0)
     context_cache_max: int = Field(default=100_000, ge=1)
     session_cache_max: int = Field(default=20_000, ge=1)
     history_messages: int = Field(default=20, ge=0, le=1000)
+
+    # Start-up: how long a replica waits for its actors to answer and warm up.
+    start_timeout_s: float = Field(default=180.0, gt=0)
 
     # Streaming.
     coalesce_ms: float = Field(default=30.0, ge=0, le=1000)
@@ -85,6 +91,36 @@ class Settings(BaseSettings):
         if self.model == "openai" and not self.openai_model:
             raise ValueError("RAYCHAT_MODEL=openai needs RAYCHAT_OPENAI_MODEL")
         return self
+
+    def sized(self, cpus: float) -> Settings:
+        """These settings with unset actor counts picked for a cluster of `cpus` CPUs.
+
+        Each actor process costs CPU per turn on a small machine (measured: two
+        shards instead of four saved about 2 ms per turn on 2 cores), so shards
+        get one per two CPUs and agent actors, where the SDK's work is, one per
+        CPU. Counts that are set are kept.
+        """
+        cores = max(1, int(cpus))
+        update: dict[str, int] = {}
+        if self.shards is None:
+            update["shards"] = min(MAX_AUTO_SHARDS, max(1, cores // 2))
+        if self.agent_actors is None:
+            update["agent_actors"] = min(MAX_AUTO_AGENT_ACTORS, cores)
+        return self.model_copy(update=update) if update else self
+
+    @property
+    def shard_count(self) -> int:
+        """The number of shard actors (settings must be `sized` first)."""
+        if self.shards is None:
+            raise ValueError("the shard count is not known yet: call Settings.sized first")
+        return self.shards
+
+    @property
+    def agent_actor_count(self) -> int:
+        """The number of agent actors (settings must be `sized` first)."""
+        if self.agent_actors is None:
+            raise ValueError("the agent actor count is not known yet: call Settings.sized first")
+        return self.agent_actors
 
     @property
     def secret_file(self) -> Path:

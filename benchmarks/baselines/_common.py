@@ -233,5 +233,6 @@ def run_main(
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    app = build_app(make_backend(Settings()), title=title)
+    # One process: one shard and one agent manager, whatever the machine.
+    app = build_app(make_backend(Settings(shards=1, agent_actors=1)), title=title)
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port)).run()

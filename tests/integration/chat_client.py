@@ -123,3 +123,26 @@ class ChatClient:
                 await self.recv()
         except websockets.ConnectionClosed as closed:
             return closed.rcvd.code if closed.rcvd else None
+
+
+async def resume_to_final(url: str, run_id: str, after_seq: int, attempts: int = 100) -> RunLog:
+    """Reconnect and `resume` a run until its final event, as a client after a 1001 does.
+
+    While a rollout goes on, a new socket may land on a replica that is itself
+    stopping (closed with 1001 again) or find no replica for a moment (refused):
+    try again, resuming after the last event received. Bounded by `attempts`.
+    """
+    log = RunLog(run_id)
+    for _ in range(attempts):
+        try:
+            async with ChatClient(url) as client:
+                last = log.events[-1]["seq"] if log.events else after_seq
+                await client.send({"type": "resume", "run_id": run_id, "after_seq": last})
+                try:
+                    await client.until_final(run_id)
+                finally:
+                    log.events += client.runs[run_id].events if run_id in client.runs else []
+                return log
+        except (websockets.ConnectionClosed, websockets.InvalidStatus, OSError):
+            await asyncio.sleep(0.2)  # a new replica is coming up: poll, bounded by `attempts`
+    raise AssertionError(f"could not resume run {run_id}")

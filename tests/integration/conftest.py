@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from actors.auth import TokenCodec
 from config import Settings
+from config.serve_env import apply_serve_defaults
 
 TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
 APP_NAME = "raychat"
@@ -137,6 +138,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
+    # The default path, as `serve run serve_app:app` gets it: HAProxy in front where it
+    # can run (set RAY_SERVE_ENABLE_HA_PROXY=0 to test Serve's Python proxy instead).
+    # HAProxy's stats and metrics ports, and its fallback proxy's, get free ones: another
+    # cluster on this machine may hold the fixed defaults.
+    apply_serve_defaults()
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(_free_port()))
+    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(_free_port()))
     data = tmp_path_factory.mktemp("raychat-data")
     db_path = data / "raychat.db"
     settings = Settings(

@@ -167,7 +167,14 @@ async def test_bad_frames_get_errors_and_the_socket_keeps_working(service: Servi
 async def test_stats_have_the_protocol_shape_and_agents_are_shared(service: Service) -> None:
     admin = {"Authorization": f"Bearer {service.token('root', admin=True)}"}
     async with httpx.AsyncClient(base_url=service.http, headers=admin) as http:
-        before = (await http.get("/api/websocket/performance/stats")).json()
+        # Sockets of earlier tests may still be uncounting (disconnects reach the shards
+        # asynchronously): start from a settled count.
+        for _ in range(100):
+            before = (await http.get("/api/websocket/performance/stats")).json()
+            if before["connections"]["active"] == 0:
+                break
+            await asyncio.sleep(0.1)  # poll for the condition, bounded
+        assert before["connections"]["active"] == 0
 
         async def one_user(i: int) -> RunLog:
             async with ChatClient(service.ws_url(f"u-many-{i}")) as client:

@@ -9,7 +9,7 @@ import pytest
 
 from actors.factory import actor_name
 from actors.sharding import shard_for
-from tests.integration.chat_client import ChatClient, RunLog
+from tests.integration.chat_client import FINAL_TYPES, ChatClient, RunLog, resume_to_final
 from tests.integration.conftest import Service, wait_ready
 
 pytestmark = pytest.mark.ray
@@ -146,7 +146,9 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
 
     user = "u-redeploy"
     async with ChatClient(service.ws_url(user)) as client:
-        run_id = await client.start("a long story in 1500 words")
+        # Long enough to outlast the outage: Serve keeps a stopping direct-ingress replica
+        # up for its deregistration window before the app can be deployed again.
+        run_id = await client.start("a long story in 5000 words")
         await client.next_of("message.delta")
         serve.delete(APP_NAME, _blocking=False)
         # The replica closes its sockets with 1001 as soon as Serve starts to stop it,
@@ -156,9 +158,7 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     assert client.runs[run_id].final is None, "the socket should be cut mid-stream"
     deploy(service.settings)
     wait_ready(service.http)
-    async with ChatClient(service.ws_url(user)) as again:
-        await again.send({"type": "resume", "run_id": run_id, "after_seq": seen[-1]["seq"]})
-        rest = await again.until_final(run_id)
+    rest = await resume_to_final(service.ws_url(user), run_id, seen[-1]["seq"])
     events = seen + rest.events
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     final = events[-1]
@@ -176,10 +176,10 @@ async def test_rolling_redeploy_closes_sockets_1001_and_runs_resume(service: Ser
     from tests.integration.conftest import deploy
 
     clients = [ChatClient(service.ws_url(f"u-rollout-{index}")) for index in range(4)]
-    for client in clients:
-        await client.__aenter__()
     rollout: asyncio.Future[None] | None = None
     try:
+        for client in clients:
+            await client.__aenter__()
         run_ids = [await client.start("a long story in 1500 words") for client in clients]
         for client in clients:
             await client.next_of("message.delta")
@@ -193,19 +193,24 @@ async def test_rolling_redeploy_closes_sockets_1001_and_runs_resume(service: Ser
         codes = [await client.until_closed() for client in clients]
         assert codes == [1001] * len(clients)
         cut = zip(clients, run_ids, strict=True)
-        assert all(client.runs[run_id].final is None for client, run_id in cut)
-        await rollout
+        seen = [list(client.runs[run_id].events) for client, run_id in cut]
+        assert all(events[-1]["type"] not in FINAL_TYPES for events in seen)
+        # Reconnect at once, as a client does after 1001, while the old replicas still
+        # drain (Serve keeps a stopping direct-ingress replica up for a deregistration
+        # window): every run resumes where its socket was cut, and completes.
+        rests = await asyncio.gather(
+            *(
+                resume_to_final(service.ws_url(f"u-rollout-{index}"), run_id, events[-1]["seq"])
+                for index, (run_id, events) in enumerate(zip(run_ids, seen, strict=True))
+            )
+        )
+        for before, rest in zip(seen, rests, strict=True):
+            events = before + rest.events
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+            assert events[-1]["type"] == "run.completed"
     finally:
-        if rollout is not None and not rollout.done():
-            await rollout
         for client in clients:
             await client.__aexit__(None, None, None)
+        if rollout is not None:
+            await rollout
     wait_ready(service.http)
-    for index, (client, run_id) in enumerate(zip(clients, run_ids, strict=True)):
-        seen = list(client.runs[run_id].events)
-        async with ChatClient(service.ws_url(f"u-rollout-{index}")) as again:
-            await again.send({"type": "resume", "run_id": run_id, "after_seq": seen[-1]["seq"]})
-            rest = await again.until_final(run_id)
-        events = seen + rest.events
-        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        assert events[-1]["type"] == "run.completed"
