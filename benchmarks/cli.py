@@ -34,14 +34,17 @@ from benchmarks.report import (
     validate_results,
     write_json,
 )
-from benchmarks.scenarios import ALIASES, RUNNERS, SCENARIOS
+from benchmarks.scenarios import ALIASES, RUNNERS, SCENARIOS, run_startup
 from benchmarks.targets import check_targets
 from benchmarks.workload import DEFAULT_RAMP, BenchConfig, Context
 
-SYSTEMS = ("serial", "single-process", "raychat", "raychat-direct")
+SYSTEMS = ("serial", "single-process", "minimal", "raychat", "raychat-proxy", "raychat-direct")
 FULL = BenchConfig()
 SMOKE = BenchConfig(
     users=20,
+    chat_users=(10, 20),
+    stagger_users=20,
+    stagger_window_s=2.0,
     turns=2,
     think_s=0.2,
     duration_s=3.0,
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raychat bench",
         description="raychat benchmark suite: simulated WebSocket users (all in this one asyncio "
-        "process, loopback only) against serial, single-process, raychat and raychat-direct.",
+        f"process, loopback only) against {', '.join(SYSTEMS)}.",
     )
     p.add_argument(
         "--systems",
@@ -100,7 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="about 20 users, a few seconds per scenario, ramp 10,20 (what CI runs)",
     )
-    p.add_argument("--users", type=int, help=f"chat and burst users (default {FULL.users})")
+    p.add_argument("--users", type=int, help=f"burst users (default {FULL.users})")
+    p.add_argument(
+        "--chat-users",
+        type=_ints,
+        help="user counts of the chat points, one point each "
+        f"(default {','.join(map(str, FULL.chat_users))})",
+    )
+    p.add_argument(
+        "--stagger-users", type=int, help=f"stagger scenario users (default {FULL.stagger_users})"
+    )
+    p.add_argument(
+        "--stagger-window-s",
+        type=float,
+        help="stagger: user start times spread evenly over this window "
+        f"(default {FULL.stagger_window_s})",
+    )
+    p.add_argument(
+        "--warm-chats",
+        type=int,
+        help="startup: chats sent one after another after the first, for the warm TTFT "
+        f"(default {FULL.warm_chats})",
+    )
     p.add_argument("--turns", type=int, help=f"turns per chat user (default {FULL.turns})")
     p.add_argument(
         "--think-s", type=float, help=f"think time between turns (default {FULL.think_s})"
@@ -145,6 +169,10 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         field: getattr(args, field)
         for field in (
             "users",
+            "chat_users",
+            "stagger_users",
+            "stagger_window_s",
+            "warm_chats",
             "turns",
             "think_s",
             "duration_s",
@@ -250,6 +278,17 @@ def run_system(
 
     ctx = Context(system, cfg, floor, progress=bar.set_postfix_str, restart=restart)
     try:
+        bar.set_description(f"{name} first chats")
+        startup = dict(system.info.get("startup") or {})
+        try:  # at once: the first chat is the one a user sends right after "ready"
+            startup.update(asyncio.run(run_startup(ctx)))
+        except Exception as exc:  # validate_results reports the missing figures
+            startup["error"] = repr(exc)
+            tqdm.write(f"{name}/startup failed: {exc!r}", file=sys.stderr)
+        if system.info.get("ha_proxy"):  # a reload since ready: the first chats met the old one
+            startup["haproxy_pids_at_ready"] = system.info.get("haproxy_pids")
+            startup["haproxy_pids_after_first_chats"] = systems.haproxy_pids(system)
+        entry["startup"] = startup
         cpu0 = time.process_time()
         entry["scenarios"] = asyncio.run(run_scenarios(ctx, scenarios, bar))
         entry["client_cpu_s"] = round(time.process_time() - cpu0, 2)
@@ -263,7 +302,13 @@ def run_system(
             live[0].stop()
         except Exception as exc:  # the next system must still run
             entry["stop_error"] = repr(exc)
+        entry["info"] = _public_info(live[0].info)  # the last instance's, after stop
     return entry
+
+
+def _public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """What a started system reported about itself (ports, ingress, app settings), for the JSON."""
+    return {key: value for key, value in info.items() if key != "startup"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     doc["client"]["cpu_s_total"] = round(time.process_time(), 2)
     doc["targets"] = check_targets(doc)
     doc["problems"] = validate_results(doc)
+    doc["problems"] += [
+        f"left behind after its system stopped: {p}" for p in systems.leftover_processes()
+    ]
     write_json(doc, args.out / "results.json")
     markdown = render_markdown(doc)
     (args.out / "results.md").write_text(markdown)

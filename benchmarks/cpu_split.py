@@ -2,7 +2,9 @@
 
 `python -m benchmarks.cpu_split raychat-direct --users 200` starts the system,
 runs `--users` users doing `--turns` plain turns with `--think-s` between them,
-and prints the CPU used per process kind (actors by class, Serve, Ray's own).
+and prints the CPU used per process kind (actors by class, Serve, HAProxy, Ray's
+own; `benchmarks.resources.process_kind`). The suite's `chat` points carry the
+same split (`cpu_by_kind`).
 With `--profile DIR` every server process is sampled by py-spy during the load
 (`DIR/KIND-PID.txt`, collapsed stacks) and the heaviest functions of each kind
 are printed (self time and inclusive time, as a share of that kind's samples).
@@ -23,31 +25,10 @@ from pathlib import Path
 import psutil
 import websockets
 
+from benchmarks.resources import process_kind
 from benchmarks.systems import SYSTEMS, RunningSystem, SimSettings, start_system
 
-KINDS = (
-    "AgentActor",
-    "ShardActor",
-    "PersistenceActor",
-    "ServeReplica",
-    "ProxyActor",
-    "ServeController",
-    "raylet",
-    "gcs_server",
-    "dashboard",
-    "log_monitor",
-    "uvicorn",
-    "baselines",
-)
 FINAL = {"run.completed", "run.failed", "run.cancelled"}
-
-
-def _kind(process: psutil.Process) -> str:
-    try:
-        command = " ".join(process.cmdline())
-    except psutil.Error:
-        return "gone"
-    return next((kind for kind in KINDS if kind in command), "other")
 
 
 def cpu_by_kind(system: RunningSystem) -> collections.Counter[str]:
@@ -59,7 +40,7 @@ def cpu_by_kind(system: RunningSystem) -> collections.Counter[str]:
             times = process.cpu_times()
         except psutil.Error:
             continue
-        seconds[_kind(process)] += times.user + times.system
+        seconds[process_kind(process)] += times.user + times.system
     return seconds
 
 
@@ -71,10 +52,10 @@ def start_profilers(
     profilers = []
     for pid in system.server_pids():
         try:
-            kind = _kind(psutil.Process(pid))
+            kind = process_kind(psutil.Process(pid))
         except psutil.Error:
             continue
-        if kind in ("raylet", "gcs_server", "gone", "other"):
+        if kind in ("raylet", "gcs_server", "haproxy", "gone", "other"):  # not Python
             continue
         command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
         command += ["--output", str(out / f"{kind}-{pid}.txt")]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.resources import KINDS
 from benchmarks.targets import render_targets
 
 SCHEMA = "raychat-bench/1"
@@ -50,7 +51,9 @@ NULL_WITHOUT_TURNS = {
     "server.cpu_s_per_turn",
 }
 NULL_WITHOUT_SOCKETS = {"server_kb_per_socket", "client_kb_per_socket"}
-STATS_REQUIRED = ("raychat", "raychat-direct")  # systems that serve the PROTOCOL stats document
+RAY_SYSTEMS = ("raychat", "raychat-proxy", "raychat-direct")
+STATS_REQUIRED = RAY_SYSTEMS  # systems that serve the PROTOCOL stats document
+STARTUP_FIGURES = ("ready_s", "first_chat_ttft_ms", "warm_chat_ttft_ms")  # serve_ready_s: Ray
 MISSING = object()
 
 
@@ -85,6 +88,8 @@ def _point_problems(where: str, system: str, point: dict[str, Any]) -> list[str]
     )
     nullable = NULL_WITHOUT_SOCKETS if idle else NULL_WITHOUT_TURNS
     problems = []
+    if point.get("scenario") == "chat" and not nothing_done and not point.get("cpu_by_kind"):
+        problems.append(f"{where}: missing cpu_by_kind")
     for path in figures:
         value = lookup(point, path)
         if value is MISSING:
@@ -94,6 +99,18 @@ def _point_problems(where: str, system: str, point: dict[str, Any]) -> list[str]
                 problems.append(f"{where}: no persistence lag (stats document unreadable?)")
         elif value is None and not (nothing_done and path in nullable):
             problems.append(f"{where}: {path} is null")
+    return problems
+
+
+def _startup_problems(name: str, startup: Any) -> list[str]:
+    if not isinstance(startup, dict):
+        return [f"{name}: missing startup"]
+    wanted = (*STARTUP_FIGURES, "serve_ready_s") if name in RAY_SYSTEMS else STARTUP_FIGURES
+    problems = [
+        f"{name}/startup: {key} is missing or null" for key in wanted if startup.get(key) is None
+    ]
+    if startup.get("error"):
+        problems.append(f"{name}/startup: failed: {startup['error']}")
     return problems
 
 
@@ -113,6 +130,7 @@ def validate_results(doc: dict[str, Any]) -> list[str]:
         if system.get("status") != "ok":
             problems.append(f"{name}: {system.get('status')}: {system.get('error')}")
             continue
+        problems += _startup_problems(name, system.get("startup"))
         for scenario in settings.get("scenarios", []):
             where = f"{name}/{scenario}"
             entry = system.get("scenarios", {}).get(scenario)
@@ -254,10 +272,86 @@ def _idle_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _startup_table(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "| system | launch -> serve.run returned s | launch -> /readyz 200 s "
+        "| first chat TTFT ms | warm chats TTFT median ms | first / warm | first chat e2e ms "
+        "| errors (first, warm) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, system in doc.get("systems", {}).items():
+        startup = system.get("startup")
+        if not isinstance(startup, dict):
+            continue
+        errors = f"{startup.get('first_chat_error') or 0}, {startup.get('warm_chat_errors', '-')}"
+        cells = [
+            name,
+            _num(startup.get("serve_ready_s"), 1),
+            _num(startup.get("ready_s"), 1),
+            _num(startup.get("first_chat_ttft_ms"), 0),
+            _num(startup.get("warm_chat_ttft_ms"), 0),
+            _num(startup.get("first_x_warm_ttft"), 2),
+            _num(startup.get("first_chat_e2e_ms"), 0),
+            errors,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pair(point: dict[str, Any], name: str, digits: int) -> str:
+    return " / ".join(_num(lookup(point, f"{name}.p{p}"), digits) for p in (50, 99))
+
+
+def _headline_table(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "| scenario | users | system | TTFT x floor p50/p99 | e2e x floor p50/p99 "
+        "| e2e p50/p99 ms | turns ok/planned | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    rows = [p for p in iter_points(doc) if p.get("scenario") in ("chat", "stagger")]
+    rows.sort(key=lambda p: (p.get("scenario") != "chat", p.get("users", 0)))
+    for point in rows:
+        cells = [
+            str(point.get("scenario")),
+            _num(point.get("users")),
+            str(point.get("system")),
+            _pair(point, "ttft_x_floor", 2),
+            _pair(point, "e2e_x_floor", 2),
+            _pair(point, "e2e_ms", 0),
+            _ratio_cell(point, "turns.completed", "turns.planned"),
+            _errors(point),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _kinds_in(points: list[dict[str, Any]]) -> list[str]:
+    seen = {kind for p in points for kind in (p.get("cpu_by_kind") or {})}
+    return [k for k in KINDS if k in seen] + sorted(seen - set(KINDS))
+
+
+def _cpu_split_table(doc: dict[str, Any]) -> list[str]:
+    points = [p for p in iter_points(doc) if p.get("scenario") == "chat"]
+    kinds = _kinds_in(points)
+    lines = [
+        "| system | users | total | " + " | ".join(kinds) + " |",
+        "|---|---:|---:|" + "---:|" * len(kinds),
+    ]
+    for point in points:
+        split = point.get("cpu_by_kind") or {}
+        per_turn = lookup(point, "server.cpu_s_per_turn")
+        total = None if per_turn in (None, MISSING) else per_turn * 1000
+        cells = [str(point.get("system")), _num(point.get("users")), _num(total, 1)]
+        cells += [_num((split.get(kind) or {}).get("ms_per_turn"), 1) for kind in kinds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report: setup, one row per point, ramp, idle sockets, targets, failures."""
+    """The Markdown report: headline targets first, then startup, chat, CPU split, every point."""
     sim = doc.get("sim", {})
     client = doc.get("client", {})
+    targets = doc.get("targets", [])
     out = [
         "# raychat benchmark",
         "",
@@ -266,6 +360,24 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"Simulated model: TTFT {_num(sim.get('ttft_ms'))} ms, {_num(sim.get('tokens_per_s'))} "
         f"tokens/s, {_num(sim.get('reply_tokens'))} reply tokens: floor "
         f"{_num(sim.get('floor_ms'))} ms. Server CPU sums every server process, Ray's included.",
+        "`raychat` is the default path (`serve run serve_app:app`: HAProxy on Linux), "
+        "`raychat-proxy` Serve's Python proxy, `raychat-direct` clients on the replica's port.",
+        "",
+        "## Targets: what users get (ratios within this run, `raychat` = the default path)",
+        "",
+        *render_targets(targets, "headline"),
+        "",
+        "## Start-up: ready, then the first chat and warm chats (fresh users, one at a time)",
+        "",
+        *_startup_table(doc),
+        "",
+        "## Chat and staggered starts",
+        "",
+        *_headline_table(doc),
+        "",
+        "## Where the CPU of a turn goes (chat; server CPU ms per completed turn, by process)",
+        "",
+        *_cpu_split_table(doc),
         "",
         "## Latency and throughput",
         "",
@@ -280,9 +392,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         *_idle_table(doc),
         "",
-        "## Targets",
+        "## Earlier targets",
         "",
-        *render_targets(doc.get("targets", [])),
+        *render_targets(targets, "earlier"),
     ]
     problems = doc.get("problems") or []
     if problems:
@@ -352,8 +464,8 @@ def plot_latency(doc: dict[str, Any], path: Path) -> None:
         (lat, "end-to-end latency (ramp; chat if no ramp)", "ms"),
         (thr, "throughput (lines: ramp; stars: burst)", "turns/s"),
     ):
-        axis.set_xscale("log")
-        if ticks:
+        if ticks:  # a log axis without data cannot be drawn (an idle-only run)
+            axis.set_xscale("log")
             axis.set_xticks(ticks)
         axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.xaxis.set_minor_formatter(NullFormatter())

