@@ -259,29 +259,34 @@ def running_counts(namespace: str) -> tuple[int, int]:
     return count("shard"), count("agent")
 
 
-def sized_settings(settings: Settings) -> Settings:
-    """`settings` with the actor counts in use: those running, else sized for the cluster.
+def counts_in_use(settings: Settings, running: tuple[int, int], cpus: float) -> Settings:
+    """`settings` with the actor counts to use, given the (shard, agent) actors running.
 
-    A count set explicitly wins when the actors are first created; once they
-    run, a different explicit count is refused: the shard count decides which
-    shard owns a user, so changing it would silently move users.
+    None running: the counts set, else sized for `cpus`. Some running: those
+    counts; a different explicit count is refused, since the shard count
+    decides which shard owns a user and changing it would silently move users.
     """
-    shards, agents = running_counts(settings.namespace)
+    shards, agents = running
     if not shards and not agents:
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        return settings.sized(resources.get("CPU", 1))
-    for variable, wanted, running in (
+        return settings.sized(cpus)
+    for variable, wanted, count in (
         ("RAYCHAT_SHARDS", settings.shards, shards),
         ("RAYCHAT_AGENT_ACTORS", settings.agent_actors, agents),
     ):
-        if wanted is not None and wanted != running:
+        if wanted is not None and wanted != count:
             raise ConfigurationError(
-                f"{variable}={wanted}, but {running} run in namespace {settings.namespace!r}: "
+                f"{variable}={wanted}, but {count} run in namespace {settings.namespace!r}: "
                 "the counts cannot change while the actors run (users would move to other "
                 "shards). Run `raychat drain` and restart the cluster, or use another "
                 "RAYCHAT_NAMESPACE."
             )
     return settings.model_copy(update={"shards": shards, "agent_actors": agents})
+
+
+def sized_settings(settings: Settings) -> Settings:
+    """`counts_in_use` for this Ray cluster (blocking GCS lookups)."""
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return counts_in_use(settings, running_counts(settings.namespace), resources.get("CPU", 1))
 
 
 def ensure_actors(settings: Settings) -> ActorHandles:
