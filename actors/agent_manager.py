@@ -12,6 +12,7 @@ owner. `run_turn` starts a run and waits for its outcome (direct use, tests).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import OrderedDict
@@ -189,6 +190,21 @@ class AgentManager:
         self.lookups += 1
         return self._agents[name]
 
+    def run_agent(self, name: str) -> Agent[ChatContext]:
+        """A run's own shallow copy of the shared agent `name`, and of the agents it hands to.
+
+        Nothing is rebuilt: tools, model and instructions stay the shared
+        objects. The copy only gives the run an agent identity of its own: the
+        SDK checks each run's tools against every concurrent run of the same
+        agent object, a walk that grows with the runs in flight.
+        """
+        run_agent = copy.copy(self.agent(name))
+        run_agent.handoffs = [
+            copy.copy(target) if isinstance(target, Agent) else target
+            for target in run_agent.handoffs
+        ]
+        return run_agent
+
     @property
     def agent_names(self) -> list[str]:
         """Names of the agents this manager serves."""
@@ -290,7 +306,7 @@ class AgentManager:
         if spec.cancelled:
             return await self._finish(spec, "cancelled", None, started, None)
         try:
-            agent = self.agent(spec.agent)
+            agent = self.run_agent(spec.agent)
             self.hub.emit(spec.run_id, {"type": RUN_STARTED, "agent": agent.name})
             context = ChatContext(
                 spec.user_id,

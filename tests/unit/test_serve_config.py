@@ -28,3 +28,14 @@ def test_serve_yaml_gives_the_replicas_the_environment_serve_app_asks_for() -> N
     schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
     (app,) = schema.applications
     assert REPLICA_ENV.items() <= app.runtime_env["env_vars"].items()
+
+
+def test_serve_yaml_asks_for_haproxy_for_the_controller_and_the_replicas() -> None:
+    from config.serve_env import HAPROXY_FLAG
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = schema.applications
+    assert schema.controller_options is not None
+    assert schema.controller_options.runtime_env is not None
+    assert schema.controller_options.runtime_env["env_vars"][HAPROXY_FLAG] == "1"
+    assert app.runtime_env["env_vars"][HAPROXY_FLAG] == "1"
