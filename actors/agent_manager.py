@@ -17,13 +17,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from agents import Agent, Model, RunConfig, Runner
 from agents.result import RunResultStreaming
 
-from actors.assistant_agents import ASSISTANT, ChatContext, ToolServices, build_agents
+from actors.assistant_agents import ChatContext, ToolServices, build_agents
 from actors.call_batcher import settle_each
 from actors.errors import Unavailable
 from actors.event_hub import EventHub, PollBatch
@@ -35,6 +34,14 @@ from actors.events import (
     Event,
     run_failed,
 )
+from actors.runs import (
+    ASSISTANT,
+    SHUTDOWN_MESSAGE,
+    ReplyStore,
+    RunOutcome,
+    RunOwner,
+    RunSpec,
+)
 from actors.sdk_events import EventTranslator
 from actors.sim_model import SimulatedModel
 from actors.stats import LatencyWindow
@@ -42,60 +49,9 @@ from config import Settings
 
 logger = logging.getLogger(__name__)
 OUTCOMES_KEPT = 10_000
-SHUTDOWN_MESSAGE = "the service stopped during this run; its partial reply is stored"
 WARM_UP_TEXT = "hello"  # no intent: a plain text reply, no tool, nothing stored
 WARM_UP_USER = "raychat-warm-up"
 WARM_UP_TOKENS = 4
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything an agent actor needs to execute one turn."""
-
-    run_id: str
-    user_id: str
-    session_id: str
-    text: str
-    reply_message_id: int
-    agent: str = ASSISTANT
-    history: list[dict[str, str]] = field(default_factory=list)
-    preferences: dict[str, str] = field(default_factory=dict)
-    todos: list[dict[str, Any]] = field(default_factory=list)
-    prelude: list[Event] = field(default_factory=list)
-    subscribers: list[tuple[str, int]] = field(default_factory=list)
-    cancelled: bool = False  # cancelled while queued: store and announce, run nothing
-    owner: Any = None  # the run's shard: a RunOwner in process, its shard index between actors
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """How a run ended and what was stored."""
-
-    run_id: str
-    status: str  # "completed" | "cancelled" | "failed"
-    text: str
-    message_id: int
-
-
-class ReplyStore(Protocol):
-    """Where a finished reply is committed before its final event goes out."""
-
-    async def finish_reply(
-        self,
-        reply_message_id: int,
-        text_: str,
-        status: str,
-        final_seq: int | None = None,
-        error_code: str | None = None,
-    ) -> None: ...
-
-
-class RunOwner(Protocol):
-    """The shard a run belongs to: told of context changes and of the run's end."""
-
-    async def invalidate_context(self, user_id: str) -> bool: ...
-
-    async def run_ended(self, user_id: str, outcome: RunOutcome) -> None: ...
 
 
 class _NoOwner:

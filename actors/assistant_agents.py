@@ -13,11 +13,8 @@ from typing import Any, Protocol
 import orjson
 from agents import Agent, Model, RunContextWrapper, function_tool
 
+from actors.runs import ASSISTANT, ORGANIZER
 from actors.sim_plan import CONTEXT_PREFS_PREFIX, CONTEXT_TODOS_PREFIX
-
-ASSISTANT = "assistant"
-ORGANIZER = "organizer"
-AGENT_NAMES = (ASSISTANT, ORGANIZER)
 
 
 class ToolServices(Protocol):

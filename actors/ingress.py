@@ -23,9 +23,10 @@ from actors.connection import Connection
 from actors.errors import NotReady, RateLimited, RaychatError
 from actors.event_hub import PollBatch
 from actors.events import error_event
-from actors.factory import ActorHandles, RemoteCaller
+from actors.factory import ActorHandles
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
+from actors.remote import RemoteCaller
 from actors.stats_report import merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings

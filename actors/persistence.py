@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from actors.call_batcher import settle_each
 from actors.db_schema import messages, metadata, preferences, sessions, todos, users
 from actors.group_commit import GroupCommitter
+from actors.records import TurnRecord, UserContext
 from actors.stats import percentiles
 from config import Settings
 
@@ -41,27 +41,6 @@ REPLY_COLUMNS = (
     messages.c.final_seq,
     messages.c.error_code,
 )
-
-
-@dataclass
-class UserContext:
-    """What the agent knows about a user: preferences and open todos."""
-
-    preferences: dict[str, str] = field(default_factory=dict)
-    todos: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class TurnRecord:
-    """The stored user message of a turn and the reply row that will hold the answer."""
-
-    run_id: str
-    user_message_id: int
-    reply_message_id: int
-    duplicate: bool = False
-    # Read with the turn when asked (`begin_turn(..., context=True, history_limit=N)`).
-    context: UserContext | None = None
-    history: list[dict[str, str]] | None = None
 
 
 def _sqlite_path(url: str) -> Path | None:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.agent_manager import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
 from actors.call_batcher import settle_each
 from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
 from actors.events import (
@@ -28,8 +27,9 @@ from actors.events import (
     accepted_event,
     run_failed,
 )
-from actors.persistence import TurnRecord, UserContext
 from actors.rate_limit import TokenBucket
+from actors.records import TurnRecord, UserContext
+from actors.runs import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
 from actors.sharding import shard_for
 from actors.ttl_cache import TTLCache
 from config import Settings

@@ -88,7 +88,8 @@ def sdk_run_cost(runs: int, concurrency: int) -> None:
     os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
     from agents import RunConfig, Runner
 
-    from actors.assistant_agents import ASSISTANT, ChatContext, build_agents
+    from actors.assistant_agents import ChatContext, build_agents
+    from actors.runs import ASSISTANT
     from actors.sim_model import SimulatedModel
 
     class NoServices:

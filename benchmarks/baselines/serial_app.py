@@ -25,12 +25,12 @@ import uuid
 from typing import Any
 
 from actors.agent_manager import AgentManager, RunSpec
-from actors.assistant_agents import AGENT_NAMES, ASSISTANT
 from actors.connection import Connection
 from actors.errors import BadRequest
 from actors.events import accepted_event
 from actors.messages import Chat, ClientMessage
 from actors.persistence import Persistence
+from actors.runs import AGENT_NAMES, ASSISTANT
 from benchmarks.baselines._common import Backend, PersistenceTools, run_main
 from config import Settings
 

@@ -20,10 +20,10 @@ import uuid
 from typing import Any
 
 from actors.agent_manager import AgentManager
-from actors.assistant_agents import AGENT_NAMES
 from actors.connection import Connection
 from actors.messages import Cancel, Chat, ClientMessage, Resume
 from actors.persistence import Persistence
+from actors.runs import AGENT_NAMES
 from actors.stats_report import merge_stats
 from actors.user_shard import ChatRequest, UserShard
 from benchmarks.baselines._common import Backend, PersistenceTools, run_main

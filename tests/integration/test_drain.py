@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.factory import actor_name, drain_actors
+from actors.factory import drain_actors
+from actors.remote import actor_name
 from config import Settings
 from tests.integration.chat_client import ChatClient
 from tests.integration.conftest import Service, side_app

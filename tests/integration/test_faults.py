@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actors.factory import actor_name
+from actors.remote import actor_name
 from actors.sharding import shard_for
 from tests.integration.chat_client import FINAL_TYPES, ChatClient, RunLog, resume_to_final
 from tests.integration.conftest import Service, wait_ready

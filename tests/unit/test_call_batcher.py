@@ -144,7 +144,7 @@ class _FakeMethod:
 
 
 async def test_remote_caller_sends_a_batched_method_through_its_twin() -> None:
-    from actors.factory import RemoteCaller
+    from actors.remote import RemoteCaller
 
     async def sums(calls: list[tuple[int, int]]) -> list[Any]:
         return [a + b if b else BadRequest("no b") for a, b in calls]

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from actors.agent_manager import AgentManager, RunOutcome, RunSpec, make_model
-from actors.assistant_agents import ASSISTANT, ChatContext, build_agents
+from actors.assistant_agents import ChatContext, build_agents
 from actors.events import (
     FINAL_TYPES,
     MESSAGE_DELTA,
@@ -37,6 +37,7 @@ from actors.events import (
     RUN_STARTED,
     Event,
 )
+from actors.runs import ASSISTANT
 from config import Settings
 from tests.unit.fakes import FakeObserver, FakeServices, FakeStore
 
