@@ -125,9 +125,13 @@ class IngressCore:
             ) from None
 
     def check_health(self) -> None:
-        """Raise if a background task of this replica has stopped (Serve's health check)."""
+        """Raise if a background task of this replica died (Serve's health check).
+
+        The drain watcher ends normally once the replica is stopping; the
+        event polls and the shard keeper never end but by `stop`.
+        """
         for task in self._pollers:
-            if task.done():
+            if task.done() and (task.cancelled() or task.exception() is not None):
                 error = None if task.cancelled() else task.exception()
                 raise RuntimeError(f"the replica's {task.get_name()} task stopped") from error
 

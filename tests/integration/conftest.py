@@ -39,6 +39,7 @@ class Service:
     settings: Settings
     port: int
     db_path: Path
+    ingress: str = "haproxy"  # Serve's ingress the tests run behind: "haproxy" or "python"
 
     @property
     def http(self) -> str:
@@ -142,7 +143,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # can run (set RAY_SERVE_ENABLE_HA_PROXY=0 to test Serve's Python proxy instead).
     # HAProxy's stats and metrics ports, and its fallback proxy's, get free ones: another
     # cluster on this machine may hold the fixed defaults.
-    apply_serve_defaults()
+    ingress = apply_serve_defaults()
     os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
     os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(_free_port()))
@@ -166,7 +167,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy(settings)
-        svc = Service(settings=settings, port=port, db_path=db_path)
+        svc = Service(settings=settings, port=port, db_path=db_path, ingress=ingress)
         wait_ready(svc.http)
         yield svc
     finally:

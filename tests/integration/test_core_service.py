@@ -210,6 +210,10 @@ async def test_stats_have_the_protocol_shape_and_agents_are_shared(service: Serv
     assert after["agent_manager"]["lookups"] - before["agent_manager"]["lookups"] >= 12
     assert sorted(after["agent_manager"]["agents"]) == ["assistant", "organizer"]
     assert all({"shard", "users"} <= set(s) for s in after["shards"])
+    # The replica reports the ingress in front of it and the actor counts in use.
+    assert after["ingress"]["proxy"] == service.ingress
+    assert after["ingress"]["shards"] == len(after["shards"]) == service.settings.shards
+    assert after["ingress"]["agent_actors"] == service.settings.agent_actors
     assert after["persistence"]["written"] > before["persistence"]["written"]
     # Every socket above is closed again: the shards' count of open sockets returns.
     async with httpx.AsyncClient(base_url=service.http, headers=admin) as http:
@@ -219,3 +223,18 @@ async def test_stats_have_the_protocol_shape_and_agents_are_shared(service: Serv
                 break
             await asyncio.sleep(0.1)  # disconnects reach the shards asynchronously
         assert now["connections"]["active"] == before["connections"]["active"]
+
+
+def test_the_default_path_puts_haproxy_in_front(service: Service) -> None:
+    """On Linux, `serve_app`'s default gives Serve's HAProxy ingress: it owns the HTTP port."""
+    import psutil
+
+    if service.ingress != "haproxy":
+        pytest.skip("HAProxy cannot run here, or RAY_SERVE_ENABLE_HA_PROXY=0 asked for the proxy")
+    listeners = {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == service.port
+    }
+    names = {psutil.Process(pid).name() for pid in listeners if pid is not None}
+    assert names == {"haproxy"}, names
