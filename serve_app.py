@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Annotated, Any
 
+import ray
 from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -19,12 +20,14 @@ from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.messages import SESSION_ID_PATTERN
 from actors.replica_drain import serve_replica_stopping
 from config import Settings
-from config.serve_env import HAPROXY_FLAG, apply_serve_defaults
+from config.serve_env import HAPROXY_FLAG, apply_serve_defaults, stop_orphaned_haproxies
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 # Serve's HAProxy ingress where it can run (Linux), unless RAY_SERVE_ENABLE_HA_PROXY is set:
 # `serve run serve_app:app` imports this module before it starts its local Ray.
 INGRESS = apply_serve_defaults()
+if INGRESS == "haproxy" and not ray.is_initialized():  # about to start Serve, not a replica
+    stop_orphaned_haproxies()
 logger = logging.getLogger("raychat.ingress")
 
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}

@@ -1,24 +1,25 @@
 """A client that stops reading, alongside 50 normal users: they finish, it is cut, memory stays put.
 
-What this shows about the deployment the suite runs (Serve's HTTP proxy in
-front of the ingress replicas), and how it differs from the ingress's own
-design:
+What this shows about the deployment the suite runs, and how it differs from
+the ingress's own design:
 
-- Behind Serve's proxy the replica's ASGI `send` never blocks: Serve queues
-  each message without a bound and streams it to the proxy; the proxy and the
-  kernel's socket buffers hold what the client does not read (Ray 2.60:
-  `MessageQueue` in `serve/_private/http_util.py`, no generator backpressure).
-  So the ingress's outbound queue stays empty and its own "not reading" check
+- Behind Serve's HAProxy ingress (the default) the socket is served by the
+  replica's own uvicorn, and the replica's ASGI `send` waits only once the
+  kernel's socket buffers and HAProxy's (megabytes on loopback) are full.
+  Behind Serve's Python proxy (`RAY_SERVE_ENABLE_HA_PROXY=0`) it never blocks:
+  Serve queues each message without a bound and streams it to the proxy (Ray
+  2.60: `MessageQueue` in `serve/_private/http_util.py`). Either way the
+  ingress's outbound queue stays empty here and its own "not reading" check
   (`RAYCHAT_STUCK_TIMEOUT_S`, full queue; close 1008, unit-tested in
-  `tests/unit/test_connection.py`) never fires.
-- What does cut the stuck socket is the proxy's uvicorn keepalive: a ping
-  every 20 s, and a socket whose pong is 20 s late is dropped (close 1011
+  `tests/unit/test_connection.py`) does not fire.
+- What does cut the stuck socket is the keepalive of the uvicorn serving it: a
+  ping every 20 s, and a socket whose pong is 20 s late is dropped (close 1011
   `keepalive ping timeout`, which a client sees only if it reads through its
   backlog). The backlog it held goes with it.
 
 `test_the_ingress_itself_closes_a_stuck_socket_with_1008` states the
 documented behaviour and is expected to fail until the ingress can see a
-stuck client behind the proxy.
+stuck client behind either proxy.
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def test_the_stuck_socket_is_cut_and_memory_stays_bounded(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="behind Serve's proxy the ingress's send never blocks, so it cannot see a "
-    "client that stopped reading; Serve's proxy drops the socket instead (keepalive)",
+    reason="behind HAProxy or Serve's proxy the ingress's send does not block while "
+    "megabytes of buffers fill, so it cannot see a client that stopped reading; the "
+    "serving uvicorn's keepalive drops the socket instead",
 )
 def test_the_ingress_itself_closes_a_stuck_socket_with_1008(observed: Observed) -> None:
     assert observed.slow_closed == 1
