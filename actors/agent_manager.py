@@ -12,7 +12,6 @@ owner. `run_turn` starts a run and waits for its outcome (direct use, tests).
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from typing import Any
 from agents import Agent, Model, RunConfig, Runner
 from agents.result import RunResultStreaming
 
-from actors.assistant_agents import ChatContext, ToolServices, build_agents
+from actors.assistant_agents import ChatContext, ToolServices, build_agents, per_run_copy
 from actors.call_batcher import settle_each
 from actors.errors import Unavailable
 from actors.event_hub import EventHub, PollBatch
@@ -147,19 +146,8 @@ class AgentManager:
         return self._agents[name]
 
     def run_agent(self, name: str) -> Agent[ChatContext]:
-        """A run's own shallow copy of the shared agent `name`, and of the agents it hands to.
-
-        Nothing is rebuilt: tools, model and instructions stay the shared
-        objects. The copy only gives the run an agent identity of its own: the
-        SDK checks each run's tools against every concurrent run of the same
-        agent object, a walk that grows with the runs in flight.
-        """
-        run_agent = copy.copy(self.agent(name))
-        run_agent.handoffs = [
-            copy.copy(target) if isinstance(target, Agent) else target
-            for target in run_agent.handoffs
-        ]
-        return run_agent
+        """A run's own shallow copy of the shared agent `name` (`per_run_copy`)."""
+        return per_run_copy(self.agent(name))
 
     @property
     def agent_names(self) -> list[str]:

@@ -6,6 +6,7 @@ Per-user state never lives on an agent: it arrives in the run context
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -136,3 +137,19 @@ def build_agents(model: Model) -> dict[str, Agent[ChatContext]]:
         model=model,
     )
     return {ASSISTANT: assistant, ORGANIZER: organizer}
+
+
+def per_run_copy(agent: Agent[ChatContext]) -> Agent[ChatContext]:
+    """A run's own shallow copy of a shared agent, and of the agents it hands off to.
+
+    Nothing is rebuilt: tools, model and instructions stay the shared objects
+    (a copy costs microseconds; `Agent.clone` re-validates every field). The
+    copy only gives the run an agent identity of its own: the SDK checks each
+    run's tools against every concurrent run of the same agent object, a walk
+    that grows with the runs in flight.
+    """
+    run_agent = copy.copy(agent)
+    run_agent.handoffs = [
+        copy.copy(target) if isinstance(target, Agent) else target for target in agent.handoffs
+    ]
+    return run_agent

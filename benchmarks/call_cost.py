@@ -8,7 +8,8 @@ with a small dict, and prints the CPU the caller and the callee spent per call;
 `python -m benchmarks.call_cost sdk --runs 1000 --concurrency 100` runs the
 assistant agent with the simulated model (TTFT 200 ms, 50 tokens/s, 40
 tokens) in this process, `--concurrency` runs at once on one shared agent,
-and prints the CPU per run.
+and prints the CPU per run; `--per-run-copies` gives each run its own shallow
+copy of the agent, as raychat's agent actors do (`per_run_copy`).
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ def ray_call_cost(calls: int, with_handle: bool) -> None:
     )
 
 
-def sdk_run_cost(runs: int, concurrency: int) -> None:
+def sdk_run_cost(runs: int, concurrency: int, copies: bool = False) -> None:
     """Print the CPU per Agents SDK run with `concurrency` runs at once on one agent."""
     os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
     from agents import RunConfig, Runner
 
-    from actors.assistant_agents import ChatContext, build_agents
+    from actors.assistant_agents import ChatContext, build_agents, per_run_copy
     from actors.runs import ASSISTANT
     from actors.sim_model import SimulatedModel
 
@@ -106,7 +107,8 @@ def sdk_run_cost(runs: int, concurrency: int) -> None:
             async with gate:
                 context = ChatContext(f"user-{index}", NoServices())  # type: ignore[arg-type]
                 items: list[Any] = [{"role": "user", "content": f"hello {index}"}]
-                stream = Runner.run_streamed(agent, items, context=context, run_config=config)
+                run_agent = per_run_copy(agent) if copies else agent
+                stream = Runner.run_streamed(run_agent, items, context=context, run_config=config)
                 async for _event in stream.stream_events():
                     pass
 
@@ -114,7 +116,11 @@ def sdk_run_cost(runs: int, concurrency: int) -> None:
         await asyncio.gather(*(one(i) for i in range(runs)))
         cpu_ms = 1000 * (_process_cpu_s() - before) / runs
         wall = time.monotonic() - started
-        print(f"{runs} runs, {concurrency} at once, in {wall:.1f} s: {cpu_ms:.2f} ms CPU/run")
+        shared = "a copy of the agent each" if copies else "one shared agent"
+        print(
+            f"{runs} runs, {concurrency} at once ({shared}), in {wall:.1f} s: "
+            f"{cpu_ms:.2f} ms CPU/run"
+        )
 
     asyncio.run(main())
 
@@ -127,11 +133,12 @@ def main() -> None:
     parser.add_argument("--handle", action="store_true")
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--per-run-copies", action="store_true")
     args = parser.parse_args()
     if args.what == "ray":
         ray_call_cost(args.calls, args.handle)
     else:
-        sdk_run_cost(args.runs, args.concurrency)
+        sdk_run_cost(args.runs, args.concurrency, args.per_run_copies)
 
 
 if __name__ == "__main__":
