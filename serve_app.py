@@ -20,7 +20,7 @@ from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.messages import SESSION_ID_PATTERN
 from actors.replica_drain import serve_replica_stopping
 from config import Settings
-from config.serve_env import HAPROXY_FLAG, apply_serve_defaults, stop_orphaned_haproxies
+from config.serve_env import apply_serve_defaults, serve_ingress, stop_orphaned_haproxies
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 # Serve's HAProxy ingress where it can run (Linux), unless RAY_SERVE_ENABLE_HA_PROXY is set:
@@ -70,10 +70,10 @@ class RaychatIngress:
         await self.core.wait_ready()
         self.core.start()
         logger.info(
-            "ready: %d shard and %d agent actors, Serve ingress %s",
+            "ready: %d shard and %d agent actors, Serve ingress: %s",
             self.settings.shard_count,
             self.settings.agent_actor_count,
-            "HAProxy" if os.environ.get(HAPROXY_FLAG) == "1" else "Python proxy",
+            serve_ingress(),
         )
 
     async def __del__(self) -> None:

