@@ -51,10 +51,17 @@ def settings_for(tmp_path: Path) -> Settings:
 async def serving(backend: Backend) -> AsyncIterator[int]:
     """Serve the baseline app of `backend` with uvicorn in this loop; yield its port."""
     app = build_app(backend, title=type(backend).__name__)
+    async with serving_app(uvicorn_config(app)) as port:
+        yield port
+
+
+@asynccontextmanager
+async def serving_app(config: uvicorn.Config) -> AsyncIterator[int]:
+    """Serve an app with uvicorn in this loop on a free loopback port; yield the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    server = uvicorn.Server(uvicorn_config(app))
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield sock.getsockname()[1]

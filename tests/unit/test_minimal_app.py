@@ -31,6 +31,7 @@ from websockets.sync.client import connect as ws_connect
 
 from actors.auth import TokenCodec
 from benchmarks.baselines import minimal_app
+from tests.unit.test_baselines import serving_app
 
 GUARD_S = 30.0  # upper bound for anything that must happen
 SECRET = "minimal-test-secret-" + "x" * 32
@@ -61,18 +62,9 @@ def token(user: str, secret: str = SECRET) -> str:
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[int]:
     """Serve `app` with uvicorn in this loop; yield its port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(GUARD_S):
-            await task
-        sock.close()
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    async with serving_app(config) as port:
+        yield port
 
 
 @asynccontextmanager
