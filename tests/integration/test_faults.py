@@ -147,7 +147,8 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     user = "u-redeploy"
     async with ChatClient(service.ws_url(user)) as client:
         # Long enough to outlast the outage: Serve keeps a stopping direct-ingress replica
-        # up for its deregistration window before the app can be deployed again.
+        # up for its deregistration window (5 s, serve_app.REPLICA_ENV) before the app
+        # can be deployed again.
         run_id = await client.start("a long story in 5000 words")
         await client.next_of("message.delta")
         serve.delete(APP_NAME, _blocking=False)
