@@ -433,6 +433,7 @@ class AgentManager:
         """Counters and latency samples of this actor (merged by the ingress)."""
         return {
             "agents": self.agent_names,
+            "warmed_up": self._warmed,
             "lookups": self.lookups,
             "instances_created": self.instances_created,
             "active": self.hub.active_runs,

@@ -65,6 +65,8 @@ def merge_stats(
             "lookups": sum(a["lookups"] for a in agents),
             "instances_created": sum(a["instances_created"] for a in agents),
             "actors": len(agents),
+            # Agent actors that have run the SDK once (a replica waits for it before ready).
+            "warmed_up": sum(1 for a in agents if a.get("warmed_up")),
             "polls": sum(a["polls"] for a in agents),
             "events_sent": sum(a["events_sent"] for a in agents),
             "buffered_runs": sum(a["buffered_runs"] for a in agents),

@@ -38,6 +38,8 @@ async def test_an_app_is_ready_when_serve_says_so(service: Service) -> None:
             stats_url = "/api/websocket/performance/stats"
             stats = (await http.get(stats_url, headers=service.admin_headers())).json()
         assert (stats["ingress"]["shards"], stats["ingress"]["agent_actors"]) == (1, 2)
+        # Both agent actors ran the SDK once before Serve called the app ready.
+        assert stats["agent_manager"]["warmed_up"] == 2
         assert stats["agent_manager"]["instances_created"] == 2 * 2  # two agents per actor
         url = f"ws://127.0.0.1:{service.port}/fresh/api/websocket/ws?token="
         async with ChatClient(url + service.token("u-fresh")) as client:

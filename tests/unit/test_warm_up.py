@@ -35,7 +35,9 @@ async def test_warm_up_runs_the_sdk_once_and_records_nothing(
     monkeypatch.setattr(agent_manager.Runner, "run_streamed", counting)
     configured = SimulatedModel(ttft_s=0.0, tokens_per_s=1000, reply_tokens=3)
     manager, store = manager_with(Settings(), model=configured)
+    assert not manager.stats()["warmed_up"]
     assert await manager.warm_up()
+    assert manager.stats()["warmed_up"]
     assert await manager.warm_up()
     assert len(runs) == 1  # once per manager
     assert configured.calls == 0  # its own instant model, not the configured one
