@@ -86,6 +86,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -98,7 +99,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -140,6 +141,7 @@ RAY_APP_NAME = "raychat"
 SERVE_NAMESPACE = "serve"  # what `serve run` passes to ray.init
 MARKER_ENV = "RAYCHAT_BENCH_SYSTEM"  # inherited by every process of a system
 DIRECT_PORT_WINDOW = 16
+QUIET_PORTS = (20_000, 29_000)  # below the ephemeral range (32768 up) and Serve's 30000 up
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 TOKEN_ISSUER = "raychat"  # config.Settings.token_issuer's default
@@ -190,9 +192,41 @@ class RunningSystem(Protocol):
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct free loopback ports, none in `avoid`, outside the ephemeral range.
+
+    Ray's own processes bind ephemeral ports (port 0) while a cluster starts, so
+    a port the kernel handed out a moment ago may be taken before HAProxy binds
+    it: these are drawn below the ephemeral range and Serve's direct-ingress
+    range (30000 up) instead, and all are bound at once before any is released.
+    """
+    rng = random.SystemRandom()
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        for _ in range(100 * count):  # bounded: most ports of the range are free
+            if len(ports) == count:
+                break
+            port = rng.randrange(*QUIET_PORTS)
+            if port in avoid or port in ports:
+                continue
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+            ports.append(port)
+        if len(ports) < count:
+            raise RuntimeError(f"no {count} free ports in {QUIET_PORTS}")
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -418,7 +452,7 @@ def start_system(
         ]  # fmt: skip
         if name == "raychat-direct":
             command.append("--direct-client")
-        env.update(ray_env(ray_temp_dir))
+        env.update(ray_env(ray_temp_dir, avoid={port}))
         for key, value in RAY_INGRESS[name].items():
             if value is None:
                 env.pop(key, None)  # serve_app's default decides, as with `serve run`
@@ -468,18 +502,23 @@ def start_system(
     return system
 
 
-def ray_env(ray_temp_dir: Path) -> dict[str, str]:
-    """The ports and file places of a Ray system: its own, so no two clusters collide."""
-    first = _free_port()
+def ray_env(ray_temp_dir: Path, avoid: Collection[int] = ()) -> dict[str, str]:
+    """The ports and file places of a Ray system: its own, so no two clusters collide.
+
+    `avoid`: ports already taken for the system (its HTTP port).
+    """
+    (first,) = free_ports(1, avoid)
+    window = range(first, first + DIRECT_PORT_WINDOW)
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4, {*avoid, *window})
     env = {
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORT_WINDOW),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
         # With HAProxy, Serve still runs its Python proxy as HAProxy's fallback backend,
         # on fixed ports (8500 HTTP, 9500 gRPC) that two clusters on one machine would share.
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
     }
     env.update({key: str(ray_temp_dir / rel) for key, rel in HAPROXY_FILES_ENV.items()})
     return env

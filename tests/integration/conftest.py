@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -18,18 +17,13 @@ import pytest
 from pydantic import SecretStr
 
 from actors.auth import TokenCodec
+from benchmarks.systems import free_ports
 from config import Settings
 from config.serve_env import apply_serve_defaults
 
 TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
 APP_NAME = "raychat"
 REPLICAS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -144,10 +138,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     # HAProxy's stats and metrics ports, and its fallback proxy's, get free ones: another
     # cluster on this machine may hold the fixed defaults.
     ingress = apply_serve_defaults()
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
-    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(_free_port()))
-    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(_free_port()))
+    port, *others = free_ports(5)
+    for name, other in zip(
+        ("HAPROXY_STATS", "HAPROXY_METRICS", "FALLBACK_PROXY_HTTP", "FALLBACK_PROXY_GRPC"),
+        others,
+        strict=True,
+    ):
+        os.environ.setdefault(f"RAY_SERVE_{name}_PORT", str(other))
     data = tmp_path_factory.mktemp("raychat-data")
     db_path = data / "raychat.db"
     settings = Settings(
@@ -162,7 +159,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         sim_reply_tokens=10,
         run_grace_s=2.0,
     )
-    port = _free_port()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

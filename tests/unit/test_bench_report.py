@@ -491,12 +491,14 @@ def test_cli_and_launcher_name_the_same_systems() -> None:
 def test_ray_systems_get_their_own_ports_and_haproxy_files(tmp_path: Path) -> None:
     from benchmarks import systems
 
-    env = systems.ray_env(tmp_path)
+    http_port = systems._free_port()
+    env = systems.ray_env(tmp_path, avoid={http_port})
     ports = [int(env[f"RAY_SERVE_HAPROXY_{kind}_PORT"]) for kind in ("STATS", "METRICS")]
     ports += [int(env[f"RAY_SERVE_FALLBACK_PROXY_{kind}_PORT"]) for kind in ("HTTP", "GRPC")]
-    assert len(set(ports)) == 4 and not set(ports) & {8404, 9101, 8500, 9500}
+    assert len(set(ports)) == 4 and not set(ports) & {8404, 9101, 8500, 9500, http_port}
     low, high = (int(env[f"RAY_SERVE_DIRECT_INGRESS_{e}_HTTP_PORT"]) for e in ("MIN", "MAX"))
     assert high - low == systems.DIRECT_PORT_WINDOW
+    assert http_port not in range(low, high) and not set(ports) & set(range(low, high))
     for key in systems.HAPROXY_FILES_ENV:
         assert env[key].startswith(str(tmp_path))
     # raychat leaves the ingress to serve_app's defaults; the others force theirs
