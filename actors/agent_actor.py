@@ -1,21 +1,22 @@
-"""The agent actor: an `AgentManager` whose tools and reply store are the persistence actor."""
+"""The agent actor: an `AgentManager` whose tools and reply store are the persistence writers."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from actors.agent_manager import AgentManager
-from actors.remote import NamedActorCaller, RemoteCaller, actor_name
+from actors.persistence_router import PersistenceRouter
+from actors.remote import NamedActorCaller, actor_name
 from actors.runs import RunOwner
 from config import Settings
 
 
 class _HandleServices:
-    """`ToolServices` and `ReplyStore` over the persistence actor's handle."""
+    """`ToolServices` and `ReplyStore` over the persistence writers' handles."""
 
-    def __init__(self, persistence: Any) -> None:
-        # Runs that end together share a call to store their replies.
-        self._db = RemoteCaller(persistence, batched={"finish_reply": "finish_replies"})
+    def __init__(self, writers: list[Any]) -> None:
+        # Runs that end together share a call (per writer) to store their replies.
+        self._db = PersistenceRouter(writers, batched={"finish_reply": "finish_replies"})
 
     async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._db.add_todo(user_id, text)
@@ -34,7 +35,7 @@ class _HandleServices:
         return context.preferences, context.todos
 
     async def ping(self) -> bool:
-        """True once the persistence actor answers (its database is open)."""
+        """True once every persistence writer answers (its database is open)."""
         answer: bool = await self._db.ping()
         return answer
 
@@ -50,7 +51,7 @@ class _HandleServices:
 
 
 class AgentActor(AgentManager):
-    """An agent manager whose tools and store are the persistence actor.
+    """An agent manager whose tools and store are the persistence writers.
 
     Each run's owner arrives in its `RunSpec` as its shard's index (cheaper to
     send than a handle); the shard's handle is looked up by name once. Ends are
@@ -58,8 +59,8 @@ class AgentActor(AgentManager):
     their watchdog (see `UserShard`).
     """
 
-    def __init__(self, settings: Settings, persistence: Any) -> None:
-        services = _HandleServices(persistence)
+    def __init__(self, settings: Settings, writers: list[Any]) -> None:
+        services = _HandleServices(writers)
         super().__init__(settings, services=services, store=services, report_ends=False)
         self._db = services
         self._shards: dict[int, NamedActorCaller] = {}

@@ -1,4 +1,8 @@
-"""The database tables (SQLAlchemy Core): users, sessions, messages, todos, preferences."""
+"""The database tables (SQLAlchemy Core): users, sessions, messages, todos, preferences.
+
+This is the schema at the newest migration (`actors/migrations`); a change
+here needs a new revision there (`tests/unit/test_schema.py` compares them).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -51,7 +56,15 @@ messages = Table(
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("user_id", "client_msg_id", name="uq_messages_client_msg"),
     Index("ix_messages_session", "user_id", "session_id", "id"),
-    Index("ix_messages_run", "run_id"),
+    # One user row and one reply row per run: a turn cannot be stored twice.
+    Index("uq_messages_run_role", "run_id", "role", unique=True),
+    # Only the replies still streaming (what recovery scans read).
+    Index(
+        "ix_messages_streaming",
+        "run_id",
+        sqlite_where=text("status = 'streaming'"),
+        postgresql_where=text("status = 'streaming'"),
+    ),
 )
 
 todos = Table(

@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.agent_actor import AgentActor
 from actors.errors import ConfigurationError
 from actors.persistence_actor import PersistenceActor
+from actors.persistence_router import PersistenceRouter
 from actors.remote import actor_name
 from actors.shard_actor import ShardActor
 from actors.sharding import shard_for
@@ -27,10 +30,10 @@ from config import Settings
 
 logger = logging.getLogger(__name__)
 
-# Actors are async and mostly wait on I/O: they reserve no CPU (2-core machines
-# still run all of them) and take many concurrent calls (each run holds one).
+# Actors are async and mostly wait on I/O: by default they reserve no CPU (2-core
+# machines still run all of them; `RAYCHAT_ACTOR_CPUS` reserves some) and take many
+# concurrent calls (each run holds one). Each kind is spread over the nodes.
 _ACTOR_OPTIONS: dict[str, Any] = {
-    "num_cpus": 0,
     "lifetime": "detached",
     "get_if_exists": True,
     "max_restarts": -1,
@@ -43,9 +46,14 @@ _ACTOR_OPTIONS: dict[str, Any] = {
 class ActorHandles:
     """Handles of every actor the ingress talks to."""
 
-    persistence: Any
+    writers: list[Any]  # persistence writers, by index
     agents: list[Any]
     shards: list[Any]
+
+    @cached_property
+    def store(self) -> PersistenceRouter:
+        """The writers as one store (each call to the writer that owns it)."""
+        return PersistenceRouter(self.writers)
 
     def shard(self, user_id: str) -> Any:
         """The shard actor of `user_id`."""
@@ -56,8 +64,8 @@ class ActorHandles:
         return shard_for(user_id, len(self.shards))
 
 
-def running_counts(settings: Settings) -> tuple[int, int]:
-    """How many shard and agent actors run in the settings' namespace (blocking GCS lookup)."""
+def running_counts(settings: Settings) -> tuple[int, int, int]:
+    """How many shard, agent and persistence actors run in the namespace (blocking GCS lookup)."""
     names = {
         actor["name"]
         for actor in ray.util.list_named_actors(all_namespaces=True)
@@ -70,22 +78,24 @@ def running_counts(settings: Settings) -> tuple[int, int]:
             found += 1
         return found
 
-    return count("shard"), count("agent")
+    return count("shard"), count("agent"), count("persistence")
 
 
-def counts_in_use(settings: Settings, running: tuple[int, int], cpus: float) -> Settings:
-    """`settings` with the actor counts to use, given the (shard, agent) actors running.
+def counts_in_use(settings: Settings, running: tuple[int, int, int], cpus: float) -> Settings:
+    """`settings` with the actor counts to use, given the (shard, agent, writer) actors running.
 
     None running: the counts set, else sized for `cpus`. Some running: those
     counts; a different explicit count is refused, since the shard count
     decides which shard owns a user and changing it would silently move users.
     """
-    shards, agents = running
+    shards, agents, writers = running
     if not shards and not agents:
         return settings.sized(cpus)
+    writers = writers or settings.sized(cpus).persistence_writer_count  # none started yet
     for variable, wanted, count in (
         ("RAYCHAT_SHARDS", settings.shards, shards),
         ("RAYCHAT_AGENT_ACTORS", settings.agent_actors, agents),
+        ("RAYCHAT_PERSISTENCE_WRITERS", settings.persistence_writers, writers),
     ):
         if wanted is not None and wanted != count:
             raise ConfigurationError(
@@ -94,13 +104,75 @@ def counts_in_use(settings: Settings, running: tuple[int, int], cpus: float) -> 
                 "shards). Run `raychat drain` and restart the cluster, or use another "
                 "RAYCHAT_NAMESPACE."
             )
-    return settings.model_copy(update={"shards": shards, "agent_actors": agents})
+    counts = {"shards": shards, "agent_actors": agents, "persistence_writers": writers}
+    return settings.model_copy(update=counts)
+
+
+def check_cluster_safe(settings: Settings, nodes: int) -> None:
+    """Refuse settings that would split the service's state over a cluster of `nodes` nodes.
+
+    On more than one node, a secret generated into `data_dir` would differ per
+    node (tokens signed on one fail on another), and a relative SQLite path
+    would open a different file wherever the persistence actor lands. An
+    absolute SQLite path is allowed: its single writer is pinned to the head
+    node (`ensure_actors`), where the file must be.
+    """
+    if nodes <= 1:
+        return
+    problems = []
+    if settings.secret is None:
+        problems.append(
+            "RAYCHAT_SECRET is unset: each node would generate its own secret in "
+            f"{settings.data_dir}, and tokens signed on one node would fail on the others"
+        )
+    path = settings.sqlite_path
+    if path is not None and not path.is_absolute():
+        problems.append(
+            f"RAYCHAT_DATABASE_URL is SQLite at a relative path ({path}): the persistence "
+            "actor would open a different file on whichever node it lands; use PostgreSQL "
+            "(postgresql+asyncpg://...) or an absolute path on the head node"
+        )
+    if problems:
+        raise ConfigurationError(
+            f"refusing to start on a cluster of {nodes} nodes: " + "; ".join(problems)
+        )
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    return [node for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
 
 
 def sized_settings(settings: Settings) -> Settings:
-    """`counts_in_use` for this Ray cluster (blocking GCS lookups)."""
+    """`counts_in_use` for this Ray cluster, checked by `check_cluster_safe` (blocking)."""
+    check_cluster_safe(settings, len(_alive_nodes()))
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     return counts_in_use(settings, running_counts(settings), resources.get("CPU", 1))
+
+
+def _head_node_id() -> str:
+    for node in _alive_nodes():
+        if "node:__internal_head__" in node.get("Resources", {}):
+            return str(node["NodeID"])
+    raise ConfigurationError("no head node found in the cluster")
+
+
+def actor_options(settings: Settings, kind: str, index: int | None = None) -> dict[str, Any]:
+    """The `ray.remote` options of one actor: name, namespace, CPUs and placement.
+
+    Shards, agents and PostgreSQL writers are spread over the nodes. A SQLite
+    writer on a cluster of several nodes is pinned to the head node, where its
+    file is (`check_cluster_safe` has refused a relative path).
+    """
+    strategy: Any = "SPREAD"
+    if kind == "persistence" and settings.is_sqlite and len(_alive_nodes()) > 1:
+        strategy = NodeAffinitySchedulingStrategy(node_id=_head_node_id(), soft=False)
+    return {
+        **_ACTOR_OPTIONS,
+        "name": actor_name(settings, kind, index),
+        "namespace": settings.namespace,
+        "num_cpus": settings.actor_cpus,
+        "scheduling_strategy": strategy,
+    }
 
 
 def ensure_actors(settings: Settings) -> ActorHandles:
@@ -108,25 +180,25 @@ def ensure_actors(settings: Settings) -> ActorHandles:
 
     `settings` must be `sized_settings` (actor counts known).
     """
-    ns = settings.namespace
-    persistence = (
+    writers = [
         ray.remote(PersistenceActor)
-        .options(name=actor_name(settings, "persistence"), namespace=ns, **_ACTOR_OPTIONS)
-        .remote(settings)
-    )
+        .options(**actor_options(settings, "persistence", i))
+        .remote(settings, i)
+        for i in range(settings.persistence_writer_count)
+    ]
     agents = [
         ray.remote(AgentActor)
-        .options(name=actor_name(settings, "agent", i), namespace=ns, **_ACTOR_OPTIONS)
-        .remote(settings, persistence)
+        .options(**actor_options(settings, "agent", i))
+        .remote(settings, writers)
         for i in range(settings.agent_actor_count)
     ]
     shards = [
         ray.remote(ShardActor)
-        .options(name=actor_name(settings, "shard", i), namespace=ns, **_ACTOR_OPTIONS)
-        .remote(settings, i, persistence, agents)
+        .options(**actor_options(settings, "shard", i))
+        .remote(settings, i, writers, agents)
         for i in range(settings.shard_count)
     ]
-    return ActorHandles(persistence=persistence, agents=agents, shards=shards)
+    return ActorHandles(writers=writers, agents=agents, shards=shards)
 
 
 def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, int]:
@@ -149,10 +221,11 @@ def drain_actors(settings: Settings, close_sockets: bool = True) -> dict[str, in
     settings = sized_settings(settings)
     shards = find("shard", settings.shard_count)
     agents = find("agent", settings.agent_actor_count)
-    [persistence] = find("persistence")
+    writers = find("persistence", settings.persistence_writer_count)
     queued = sum(ray.get([shard.drain.remote() for shard in shards]))
     stopped = sum(ray.get([agent.drain.remote() for agent in agents]))
-    stored = ray.get(persistence.flush.remote())
+    # Every writer answers the count of all stored messages (one database).
+    stored = max(ray.get([writer.flush.remote() for writer in writers]))
     if close_sockets:
         ray.get([shard.close_sockets.remote() for shard in shards])
         # Replicas look every `agent_check_s`: give them two looks before the cluster stops.

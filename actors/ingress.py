@@ -26,7 +26,7 @@ from actors.factory import ActorHandles
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
 from actors.remote import RemoteCaller
-from actors.stats_report import merge_stats
+from actors.stats_report import merge_persistence, merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
 from config.serve_env import serve_ingress
@@ -112,7 +112,7 @@ class IngressCore:
         an actor that cannot start (a bad database URL, say).
         """
         handles = self.handles
-        calls = [handles.persistence.ping.remote()]
+        calls = [writer.ping.remote() for writer in handles.writers]
         calls += [agent.warm_up.remote() for agent in handles.agents]
         calls += [shard.warm_up.remote() for shard in handles.shards]
         try:
@@ -428,7 +428,7 @@ class IngressCore:
         agent_refs = [agent.stats.remote() for agent in self.handles.agents]
         shards = await asyncio.gather(*shard_refs)
         agents = await asyncio.gather(*agent_refs)
-        persistence = await self.handles.persistence.stats.remote()
+        writers = await asyncio.gather(*(w.stats.remote() for w in self.handles.writers))
         conns = [conn for user_conns in self._users.values() for conn in user_conns]
         local = {
             "replica_id": self.replica_id,
@@ -436,6 +436,7 @@ class IngressCore:
             "proxy": serve_ingress(),
             "shards": len(self.handles.shards),
             "agent_actors": len(self.handles.agents),
+            "persistence_writers": len(self.handles.writers),
             "sockets": len(self._sockets),
             "users": len(self._users),
             # Frames waiting in this replica's outbound queues (each bounded by
@@ -448,7 +449,7 @@ class IngressCore:
             "chat_calls": sum(caller.batchers["chat"].batches for caller in self._shard_chats),
             **self.counters,
         }
-        return merge_stats(list(shards), list(agents), persistence, local)
+        return merge_stats(list(shards), list(agents), merge_persistence(list(writers)), local)
 
     async def cleanup(self) -> dict[str, int]:
         """Drop expired cache entries and finished run buffers everywhere."""
@@ -469,7 +470,7 @@ class IngressCore:
         self, user_id: str, session_id: str, limit: int, before: int | None
     ) -> dict[str, Any]:
         """A session's messages, oldest first, with in-flight replies' text so far."""
-        rows = await self.handles.persistence.history.remote(user_id, session_id, limit, before)
+        rows = await self.handles.store.history(user_id, session_id, limit, before)
         streaming = [r["run_id"] for r in rows if r["status"] == "streaming"]
         if streaming:
             texts = await self.handles.shard(user_id).streaming_texts.remote(user_id, streaming)
@@ -480,7 +481,7 @@ class IngressCore:
 
     async def ready(self) -> bool:
         """True when the database and every actor answer."""
-        refs = [self.handles.persistence.ping.remote()]
+        refs = [w.ping.remote() for w in self.handles.writers]
         refs += [a.ping.remote() for a in self.handles.agents]
         refs += [s.ping.remote() for s in self.handles.shards]
         results = await asyncio.wait_for(asyncio.gather(*refs), timeout=10)

@@ -23,9 +23,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from actors.call_batcher import settle_each
-from actors.db_schema import messages, metadata, preferences, sessions, todos, users
+from actors.db_schema import messages, preferences, sessions, todos, users
 from actors.group_commit import GroupCommitter
 from actors.records import TurnRecord, UserContext
+from actors.schema import upgrade_schema
+from actors.sharding import writer_for
 from actors.stats import percentiles
 from config import Settings
 
@@ -83,9 +85,16 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 class Persistence:
-    """Stores users, sessions, messages, todos and preferences; one instance per service."""
+    """Stores users, sessions, messages, todos and preferences.
 
-    def __init__(self, settings: Settings) -> None:
+    One instance per writer: writer `writer` of `persistence_writers` is sent
+    the calls of the users `writer_for` gives it (and any row updates), so with
+    several writers (PostgreSQL) each commits its own share of the load.
+    """
+
+    def __init__(self, settings: Settings, writer: int = 0) -> None:
+        self.writer = writer
+        self._writers = settings.persistence_writers or 1  # unsized (a lone instance): 1
         self._engine = make_engine(settings.database_url)
         self._writer: GroupCommitter[AsyncConnection] = GroupCommitter(
             self._transaction,
@@ -110,23 +119,37 @@ class Persistence:
             yield conn
 
     async def start(self) -> None:
-        """Create the tables (once) and mark replies left `streaming` by a crash as failed."""
+        """Migrate the schema (once), then mark this writer's replies left `streaming` failed.
+
+        Only the rows of users this writer owns (`writer_for`): with several
+        writers, one restarting leaves the others' users alone.
+        """
         if self._schema_ready is None:
             self._schema_ready = asyncio.get_running_loop().create_future()
             try:
                 async with self._engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all)
-                    await conn.execute(
-                        update(messages)
-                        .where(messages.c.status == "streaming")
-                        .values(status="failed", updated_at=time.time())
-                    )
+                    await conn.run_sync(upgrade_schema)
+                    await self._fail_streaming(conn)
             except BaseException as exc:
                 self._schema_ready.set_exception(exc)
                 self._schema_ready = None
                 raise
             self._schema_ready.set_result(None)
         await self._schema_ready
+
+    async def _fail_streaming(self, conn: AsyncConnection) -> None:
+        if self._writers == 1:
+            owned = messages.c.status == "streaming"
+        else:
+            rows = await conn.execute(
+                select(messages.c.id, messages.c.user_id).where(messages.c.status == "streaming")
+            )
+            ids = [row.id for row in rows if writer_for(row.user_id, self._writers) == self.writer]
+            if not ids:
+                return
+            owned = and_(messages.c.status == "streaming", messages.c.id.in_(ids))
+        failed = {"status": "failed", "updated_at": time.time()}
+        await conn.execute(update(messages).where(owned).values(**failed))
 
     async def _write(self, op: Any) -> Any:
         await self.start()
@@ -489,6 +512,7 @@ class Persistence:
     def stats(self) -> dict[str, Any]:
         """Queue depth, rows written, batches committed and commit lag percentiles."""
         return {
+            "writer": self.writer,
             "queue_depth": self._writer.queue_depth,
             "written": self._writer.written,
             "batches": self._writer.batches,

@@ -59,7 +59,13 @@ class RemoteCaller:
 
 
 def actor_name(settings: Settings, kind: str, index: int | None = None) -> str:
-    """The registered name of an actor (`persistence`, `agent`, `shard`)."""
+    """The registered name of an actor (`persistence`, `agent`, `shard`).
+
+    Persistence writer 0 keeps the name of the single writer it used to be
+    (`raychat-persistence`); writer 1 is `raychat-persistence-1`, and so on.
+    """
+    if kind == "persistence" and index == 0:
+        index = None
     return f"raychat-{kind}" if index is None else f"raychat-{kind}-{index}"
 
 

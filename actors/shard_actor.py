@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from actors.persistence_router import PersistenceRouter
 from actors.remote import RemoteCaller
 from actors.runs import AGENT_NAMES
 from actors.user_shard import UserShard
@@ -17,9 +18,12 @@ from config import Settings
 class ShardActor(UserShard):
     """A user shard whose store and agents are other actors."""
 
-    def __init__(self, settings: Settings, index: int, persistence: Any, agents: list[Any]) -> None:
-        # Turns that start together share a call to store them and one to start them.
-        self._db = RemoteCaller(persistence, batched={"begin_turn": "begin_turns"})
+    def __init__(
+        self, settings: Settings, index: int, writers: list[Any], agents: list[Any]
+    ) -> None:
+        # Turns that start together share a call (per writer) to store them and one to
+        # start them.
+        self._db = PersistenceRouter(writers, batched={"begin_turn": "begin_turns"})
         self._agent_actors = [
             RemoteCaller(agent, batched={"start_run": "start_runs"}) for agent in agents
         ]
@@ -40,6 +44,6 @@ class ShardActor(UserShard):
         return True
 
     async def warm_up(self) -> bool:
-        """Reach the persistence actor and every agent actor once, before the first chat."""
+        """Reach every persistence writer and agent actor once, before the first chat."""
         await asyncio.gather(self._db.ping(), *(agent.ping() for agent in self._agent_actors))
         return True

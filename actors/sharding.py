@@ -1,4 +1,4 @@
-"""Stable user-to-shard mapping (the same in every process, unlike the salted `hash`)."""
+"""Stable user-to-shard and user-to-writer mappings (the same in every process, unlike `hash`)."""
 
 from __future__ import annotations
 
@@ -11,3 +11,19 @@ def shard_for(user_id: str, shards: int) -> int:
         raise ValueError("shards must be positive")
     digest = hashlib.blake2b(user_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards
+
+
+def writer_for(user_id: str, writers: int) -> int:
+    """The persistence writer in `range(writers)` that owns `user_id`'s rows.
+
+    The same hash as `shard_for`: with as many writers as shards, shard i talks
+    to writer i only.
+    """
+    return shard_for(user_id, writers)
+
+
+def writer_for_row(row_id: int, writers: int) -> int:
+    """The writer that updates the message row `row_id` (any writer could; this spreads them)."""
+    if writers <= 0:
+        raise ValueError("writers must be positive")
+    return row_id % writers

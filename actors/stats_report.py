@@ -93,3 +93,21 @@ def merge_stats(
         ],
         "ingress": ingress,
     }
+
+
+def merge_persistence(writers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One `persistence` object from each writer's statistics (PROTOCOL.md's shape).
+
+    Counts and queue depths add up; each commit-lag percentile is the worst
+    writer's (the lag a user of that writer sees). `writers` keeps each one's.
+    """
+    if len(writers) == 1:
+        return {**writers[0], "writers": writers}
+    totals = {
+        key: sum(writer[key] for writer in writers)
+        for key in ("queue_depth", "written", "batches", "failed", "reads")
+    }
+    lag_ms = {
+        key: max(writer["lag_ms"][key] for writer in writers) for key in writers[0]["lag_ms"]
+    }
+    return {**totals, "lag_ms": lag_ms, "writers": writers}

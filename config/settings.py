@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/raychat.db"
 MAX_AUTO_SHARDS = 16
 MAX_AUTO_AGENT_ACTORS = 32
+MAX_AUTO_PERSISTENCE_WRITERS = 8
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     # actors are first created; every replica then uses the counts that run.
     shards: int | None = Field(default=None, ge=1, le=256)
     agent_actors: int | None = Field(default=None, ge=1, le=64)
+    # Persistence writer actors, each the writer of a share of the users. SQLite has
+    # one writer; PostgreSQL gets one per four CPUs (1 to 8) unless set.
+    persistence_writers: int | None = Field(default=None, ge=1, le=64)
+    # CPUs each shard, agent and persistence actor reserves (0: placed wherever; on a
+    # cluster, a reservation makes Ray spread them by free CPUs as well).
+    actor_cpus: float = Field(default=0.0, ge=0, le=64)
     context_ttl_s: float = Field(default=600.0, gt=0)
     context_cache_max: int = Field(default=100_000, ge=1)
     session_cache_max: int = Field(default=20_000, ge=1)
@@ -92,13 +99,37 @@ class Settings(BaseSettings):
             raise ValueError("RAYCHAT_MODEL=openai needs RAYCHAT_OPENAI_MODEL")
         return self
 
+    @model_validator(mode="after")
+    def _sqlite_has_one_writer(self) -> Settings:
+        if self.is_sqlite and (self.persistence_writers or 1) > 1:
+            raise ValueError(
+                "RAYCHAT_PERSISTENCE_WRITERS > 1 needs PostgreSQL: SQLite has a single writer"
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite (one writer, a file on one node)."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file as written in the URL (None: not SQLite or in memory)."""
+        if not self.is_sqlite:
+            return None
+        # sqlite[+driver]:///relative/path or :////absolute/path (SQLAlchemy's URL form;
+        # parsed here so the settings need no SQLAlchemy import).
+        database = self.database_url.partition("://")[2].partition("?")[0][1:]
+        return None if database in ("", ":memory:") else Path(database)
+
     def sized(self, cpus: float) -> Settings:
         """These settings with unset actor counts picked for a cluster of `cpus` CPUs.
 
         Each actor process costs CPU per turn on a small machine (measured: two
         shards instead of four saved about 2 ms per turn on 2 cores), so shards
         get one per two CPUs and agent actors, where the SDK's work is, one per
-        CPU. Counts that are set are kept.
+        CPU. Persistence writers: one on SQLite, one per four CPUs on PostgreSQL.
+        Counts that are set are kept.
         """
         cores = max(1, int(cpus))
         update: dict[str, int] = {}
@@ -106,6 +137,9 @@ class Settings(BaseSettings):
             update["shards"] = min(MAX_AUTO_SHARDS, max(1, cores // 2))
         if self.agent_actors is None:
             update["agent_actors"] = min(MAX_AUTO_AGENT_ACTORS, cores)
+        if self.persistence_writers is None:
+            auto = min(MAX_AUTO_PERSISTENCE_WRITERS, max(1, cores // 4))
+            update["persistence_writers"] = 1 if self.is_sqlite else auto
         return self.model_copy(update=update) if update else self
 
     @property
@@ -121,6 +155,15 @@ class Settings(BaseSettings):
         if self.agent_actors is None:
             raise ValueError("the agent actor count is not known yet: call Settings.sized first")
         return self.agent_actors
+
+    @property
+    def persistence_writer_count(self) -> int:
+        """The number of persistence writers (1 on SQLite; others must be `sized` first)."""
+        if self.persistence_writers is None:
+            if self.is_sqlite:
+                return 1
+            raise ValueError("the writer count is not known yet: call Settings.sized first")
+        return self.persistence_writers
 
     @property
     def secret_file(self) -> Path:

@@ -1,15 +1,18 @@
-"""One Ray cluster and one Serve app for the whole integration test session."""
+"""One Ray cluster for the whole integration test session, and the Serve app on each database.
+
+The app runs on SQLite unless a test module asks for both backends
+(`pytestmark = BOTH_DATABASES`): pytest then runs its tests once on SQLite and
+once on PostgreSQL, each backend's app started once on the same cluster.
+"""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +23,13 @@ from actors.auth import TokenCodec
 from benchmarks.systems import free_ports
 from config import Settings
 from config.serve_env import apply_serve_defaults
+from tests.databases import BACKENDS, Database, new_database
 
 TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
 APP_NAME = "raychat"
 REPLICAS = 2
+# Run a module's tests on SQLite and on PostgreSQL.
+BOTH_DATABASES = pytest.mark.parametrize("service", BACKENDS, indirect=True)
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Service:
 
     settings: Settings
     port: int
-    db_path: Path
+    database: Database
     ingress: str = "haproxy"  # Serve's ingress the tests run behind: "haproxy" or "python"
 
     @property
@@ -60,9 +66,8 @@ class Service:
         return body
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Read the real SQLite file directly."""
-        with sqlite3.connect(self.db_path) as conn:
-            return conn.execute(sql, args).fetchall()
+        """Read the real database directly (`?` placeholders)."""
+        return self.database.rows(sql, *args)
 
 
 def wait_ready(url: str, deadline_s: float = 120.0) -> None:
@@ -126,8 +131,16 @@ def deploy(
     serve.run(app, name=APP_NAME, route_prefix="/")
 
 
+@dataclass
+class Cluster:
+    """The session's Ray cluster with Serve started on `port`."""
+
+    port: int
+    ingress: str
+
+
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def ray_cluster() -> Iterator[Cluster]:
     import ray
     from ray import serve
 
@@ -145,27 +158,53 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         strict=True,
     ):
         os.environ.setdefault(f"RAY_SERVE_{name}_PORT", str(other))
-    data = tmp_path_factory.mktemp("raychat-data")
-    db_path = data / "raychat.db"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield Cluster(port=port, ingress=ingress)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def kill_namespace(namespace: str) -> None:
+    """Kill every named actor of `namespace` (an app's actors, after its tests)."""
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == namespace:
+            ray.kill(ray.get_actor(actor["name"], namespace=namespace), no_restart=True)
+
+
+@pytest.fixture(scope="session", params=["sqlite"])
+def service(
+    request: pytest.FixtureRequest,
+    ray_cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Service]:
+    from ray import serve
+
+    backend: str = request.param
+    database = new_database(backend, tmp_path_factory.mktemp(f"raychat-{backend}"))
     settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{db_path}",
-        data_dir=data,
+        database_url=database.url,
+        data_dir=tmp_path_factory.mktemp("raychat-data"),
         secret=SecretStr(TEST_SECRET),
-        namespace="raychat-test-" + uuid.uuid4().hex[:8],
+        namespace=f"raychat-test-{backend[:2]}-" + uuid.uuid4().hex[:8],
         shards=2,
         agent_actors=2,
+        persistence_writers=1 if backend == "sqlite" else 2,
         sim_ttft_ms=50,
         sim_tokens_per_s=100,
         sim_reply_tokens=10,
         run_grace_s=2.0,
     )
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy(settings)
-        svc = Service(settings=settings, port=port, db_path=db_path, ingress=ingress)
+        svc = Service(settings, ray_cluster.port, database, ingress=ray_cluster.ingress)
         wait_ready(svc.http)
         yield svc
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        serve.delete(APP_NAME)
+        kill_namespace(settings.namespace)
+        database.drop()

@@ -9,9 +9,9 @@ import pytest
 import websockets
 
 from tests.integration.chat_client import ChatClient, RunLog
-from tests.integration.conftest import APP_NAME, Service, deploy, wait_ready
+from tests.integration.conftest import APP_NAME, BOTH_DATABASES, Service, deploy, wait_ready
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, BOTH_DATABASES]
 
 
 def assert_well_formed(run: RunLog) -> None:

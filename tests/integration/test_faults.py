@@ -10,9 +10,9 @@ import pytest
 from actors.remote import actor_name
 from actors.sharding import shard_for
 from tests.integration.chat_client import FINAL_TYPES, ChatClient, RunLog, resume_to_final
-from tests.integration.conftest import Service, wait_ready
+from tests.integration.conftest import BOTH_DATABASES, Service, wait_ready
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, BOTH_DATABASES]
 
 
 def contiguous(run: RunLog) -> bool:

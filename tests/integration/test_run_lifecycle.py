@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from tests.integration.chat_client import ChatClient, RunLog
-from tests.integration.conftest import Service
+from tests.integration.conftest import BOTH_DATABASES, Service
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, BOTH_DATABASES]
 
 
 def contiguous(events: list[dict[str, Any]]) -> bool:

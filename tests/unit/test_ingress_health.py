@@ -15,7 +15,7 @@ from config import Settings
 
 def core(**settings: Any) -> IngressCore:
     shard = SimpleNamespace(chats=SimpleNamespace(remote=None))
-    handles = ActorHandles(persistence=None, agents=[], shards=[shard])
+    handles = ActorHandles(writers=[], agents=[], shards=[shard])
     return IngressCore(Settings(shards=1, agent_actors=1, **settings), handles)
 
 

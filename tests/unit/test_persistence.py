@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,22 +13,19 @@ from actors.call_batcher import BatchItemFailed
 from actors.group_commit import WriterClosed
 from actors.persistence import Persistence, TurnRecord
 from config import Settings
+from tests.databases import Database
 
 NOTHING = 0.01  # how long to watch for "nothing happens"
 GUARD = 10.0  # upper bound for something that must happen
 
 
-def settings_for(tmp_path: Path, flush_ms: float = 0.0) -> Settings:
-    return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
-        data_dir=tmp_path,
-        persist_flush_ms=flush_ms,
-    )
+def settings_for(db: Database, flush_ms: float = 0.0, **more: Any) -> Settings:
+    return Settings(database_url=db.url, persist_flush_ms=flush_ms, **more)
 
 
 @pytest.fixture
-async def p(tmp_path: Path) -> AsyncIterator[Persistence]:
-    persistence = Persistence(settings_for(tmp_path))
+async def p(db: Database) -> AsyncIterator[Persistence]:
+    persistence = Persistence(settings_for(db))
     await persistence.start()
     try:
         yield persistence
@@ -38,10 +33,9 @@ async def p(tmp_path: Path) -> AsyncIterator[Persistence]:
         await persistence.close()
 
 
-def raw_rows(tmp_path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database file directly, bypassing the code under test."""
-    with sqlite3.connect(tmp_path / "t.db") as db:
-        return db.execute(sql, args).fetchall()
+def raw_rows(db: Database, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the database directly, bypassing the code under test."""
+    return db.rows(sql, *args)
 
 
 async def turn(
@@ -124,30 +118,30 @@ async def test_no_client_msg_id_never_deduplicates(p: Persistence) -> None:
     assert await p.count_messages() == 4
 
 
-async def test_finish_reply_sets_text_status_and_final_seq(p: Persistence, tmp_path: Path) -> None:
+async def test_finish_reply_sets_text_status_and_final_seq(p: Persistence, db: Database) -> None:
     record = await turn(p, "run-1")
     await p.finish_reply(record.reply_message_id, "the answer", "completed", final_seq=9)
     stored = await p.run_record("alice", "run-1")
     assert stored is not None
     assert (stored["text"], stored["status"]) == ("the answer", "completed")
     assert raw_rows(
-        tmp_path,
+        db,
         "SELECT text, status, final_seq, error_code FROM messages WHERE id = ?",
         record.reply_message_id,
     ) == [("the answer", "completed", 9, None)]
     # The user message is untouched.
     assert raw_rows(
-        tmp_path, "SELECT text, status FROM messages WHERE id = ?", record.user_message_id
+        db, "SELECT text, status FROM messages WHERE id = ?", record.user_message_id
     ) == [("hello", "stored")]
 
 
-async def test_finish_reply_failed_with_error_code(p: Persistence, tmp_path: Path) -> None:
+async def test_finish_reply_failed_with_error_code(p: Persistence, db: Database) -> None:
     record = await turn(p, "run-1")
     await p.finish_reply(
         record.reply_message_id, "", "failed", final_seq=3, error_code="model_error"
     )
     assert raw_rows(
-        tmp_path,
+        db,
         "SELECT status, final_seq, error_code FROM messages WHERE id = ?",
         record.reply_message_id,
     ) == [("failed", 3, "model_error")]
@@ -246,11 +240,11 @@ async def test_begin_turn_can_bring_back_context_and_history_read_before_it(
 
 
 async def test_first_turns_read_nothing_new_and_everything_stored_before(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
     """A user or session the turn creates skips its reads; one that exists is read,
     also by a new process that has not seen it yet."""
-    first = Persistence(settings_for(tmp_path))
+    first = Persistence(settings_for(db))
     await first.start()
     try:
         fresh = await first.begin_turn("bob", "s1", "r1", "hi", None, context=True, history_limit=5)
@@ -262,7 +256,7 @@ async def test_first_turns_read_nothing_new_and_everything_stored_before(
         assert carol.context is not None and carol.context.preferences == {"tone": "brief"}
     finally:
         await first.close()
-    second = Persistence(settings_for(tmp_path))  # knows no user or session yet
+    second = Persistence(settings_for(db))  # knows no user or session yet
     await second.start()
     try:
         again = await second.begin_turn("bob", "s1", "r3", "and?", None, history_limit=5)
@@ -274,7 +268,7 @@ async def test_first_turns_read_nothing_new_and_everything_stored_before(
         await second.close()
     # Both rows come from one statement: each id is the one its row got.
     stored = "SELECT id, role, status FROM messages WHERE run_id = 'r3' ORDER BY id"
-    assert raw_rows(tmp_path, stored) == [
+    assert raw_rows(db, stored) == [
         (again.user_message_id, "user", "stored"),
         (again.reply_message_id, "assistant", "streaming"),
     ]
@@ -346,8 +340,8 @@ async def test_unknown_user_has_empty_context(p: Persistence) -> None:
 # -- group commit -------------------------------------------------------------
 
 
-async def test_concurrent_turns_are_grouped_into_fewer_batches(tmp_path: Path) -> None:
-    p = Persistence(settings_for(tmp_path, flush_ms=20))
+async def test_concurrent_turns_are_grouped_into_fewer_batches(db: Database) -> None:
+    p = Persistence(settings_for(db, flush_ms=20))
     try:
         writes = 40
         records = await asyncio.gather(
@@ -363,9 +357,9 @@ async def test_concurrent_turns_are_grouped_into_fewer_batches(tmp_path: Path) -
         await p.close()
 
 
-async def test_failing_op_in_a_batch_fails_only_its_caller(tmp_path: Path) -> None:
+async def test_failing_op_in_a_batch_fails_only_its_caller(db: Database) -> None:
     """New users in a batch that fails and is retried op by op must still be stored."""
-    p = Persistence(settings_for(tmp_path, flush_ms=20))
+    p = Persistence(settings_for(db, flush_ms=20))
     await p.start()
 
     async def bad(conn: AsyncConnection) -> None:
@@ -390,8 +384,8 @@ async def test_failing_op_in_a_batch_fails_only_its_caller(tmp_path: Path) -> No
         await p.close()
 
 
-async def test_failing_op_in_a_batch_of_known_users(tmp_path: Path) -> None:
-    p = Persistence(settings_for(tmp_path, flush_ms=20))
+async def test_failing_op_in_a_batch_of_known_users(db: Database) -> None:
+    p = Persistence(settings_for(db, flush_ms=20))
 
     async def bad(conn: AsyncConnection) -> None:
         raise RuntimeError("bad write")
@@ -413,8 +407,8 @@ async def test_failing_op_in_a_batch_of_known_users(tmp_path: Path) -> None:
         await p.close()
 
 
-async def test_failed_batch_does_not_lose_a_new_session_row(tmp_path: Path) -> None:
-    p = Persistence(settings_for(tmp_path, flush_ms=20))
+async def test_failed_batch_does_not_lose_a_new_session_row(db: Database) -> None:
+    p = Persistence(settings_for(db, flush_ms=20))
 
     async def bad(conn: AsyncConnection) -> None:
         raise RuntimeError("bad write")
@@ -431,12 +425,12 @@ async def test_failed_batch_does_not_lose_a_new_session_row(tmp_path: Path) -> N
     finally:
         await p.close()
     assert raw_rows(
-        tmp_path, "SELECT session_id FROM sessions WHERE user_id = 'a' ORDER BY session_id"
+        db, "SELECT session_id FROM sessions WHERE user_id = 'a' ORDER BY session_id"
     ) == [("s-new",), ("s-old",)]
 
 
-async def test_close_commits_everything_queued(tmp_path: Path) -> None:
-    p = Persistence(settings_for(tmp_path))
+async def test_close_commits_everything_queued(db: Database) -> None:
+    p = Persistence(settings_for(db))
     await p.start()
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -462,11 +456,11 @@ async def test_close_commits_everything_queued(tmp_path: Path) -> None:
     finally:
         release.set()
         await p.close()
-    assert raw_rows(tmp_path, "SELECT COUNT(*) FROM messages") == [(12,)]
+    assert raw_rows(db, "SELECT COUNT(*) FROM messages") == [(12,)]
 
 
-async def test_write_after_close_is_refused(tmp_path: Path) -> None:
-    p = Persistence(settings_for(tmp_path))
+async def test_write_after_close_is_refused(db: Database) -> None:
+    p = Persistence(settings_for(db))
     await turn(p, "run-1")
     await p.close()
     with pytest.raises(WriterClosed):
@@ -474,8 +468,8 @@ async def test_write_after_close_is_refused(tmp_path: Path) -> None:
     await p.close()
 
 
-async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(tmp_path: Path) -> None:
-    first = Persistence(settings_for(tmp_path))
+async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(db: Database) -> None:
+    first = Persistence(settings_for(db))
     try:
         finished = await turn(first, "run-1", "q1", client_msg_id="m1")
         await first.finish_reply(finished.reply_message_id, "a1", "completed", final_seq=4)
@@ -485,7 +479,7 @@ async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(tmp_path: P
     finally:
         await first.close()
 
-    second = Persistence(settings_for(tmp_path))
+    second = Persistence(settings_for(db))
     try:
         await second.start()
         assert await second.count_messages() == 4
@@ -515,3 +509,26 @@ async def test_a_retried_turn_is_found_by_run_id_not_stored_twice(p: Persistence
     again = await p.begin_turn("alice", "s1", "run-r", "hello", None, True)
     assert again == first
     assert await p.count_messages() == 2
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # SQLite has one writer
+async def test_a_restarted_writer_fails_only_its_own_users_streaming_replies(db: Database) -> None:
+    from actors.sharding import writer_for
+
+    settings = settings_for(db, persistence_writers=2)
+    users = [f"user-{i}" for i in range(12)]
+    first = Persistence(settings, writer=0)
+    await first.start()
+    try:
+        for user in users:  # any writer can store any user's rows; all of them streaming
+            await first.begin_turn(user, "s", f"run-{user}", "hi", None)
+    finally:
+        await first.close()
+    restarted = Persistence(settings, writer=1)
+    await restarted.start()
+    await restarted.close()
+    statuses = dict(db.rows("SELECT user_id, status FROM messages WHERE role = 'assistant'"))
+    assert statuses == {
+        user: "failed" if writer_for(user, 2) == 1 else "streaming" for user in users
+    }
+    assert set(statuses.values()) == {"failed", "streaming"}

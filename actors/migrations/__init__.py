@@ -1,0 +1,1 @@
+"""Alembic migrations of the raychat schema (applied by `actors.schema.upgrade_schema`)."""
