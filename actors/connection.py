@@ -55,6 +55,8 @@ class Connection:
         self.seen: OrderedDict[str, int] = OrderedDict()
         self._ended: OrderedDict[str, None] = OrderedDict()  # runs whose final event was sent
         self._replaying: dict[str, list[tuple[int, str]]] = {}
+        # Runs whose replay a lost run's end cut short (`_deliver_relative`).
+        self._ended_in_replay: set[str] = set()
         self._behind: set[str] = set()
         self.overflowed = asyncio.Event()
         self.wakeup = asyncio.Event()  # overflowed, or behind runs can catch up
@@ -87,9 +89,15 @@ class Connection:
             self._overflow()
 
     def send_event(self, event: Event) -> None:
-        """Queue an event as is (errors, pong, direct answers), noting its run seq."""
+        """Queue an event as is (errors, pong, direct answers), noting its run seq.
+
+        A run event this socket already sent (its seq at or below the last one
+        sent for that run) is dropped: the client never gets a seq twice.
+        """
         run_id, seq = event.get("run_id"), event.get("seq")
         if isinstance(run_id, str) and isinstance(seq, int):
+            if seq <= self.seen.get(run_id, 0):
+                return
             final = event["type"] in FINAL_TYPES
             self._note(run_id, max(self.seen.get(run_id, 0), seq), final=final)
         self._push(encode(event))
@@ -126,7 +134,8 @@ class Connection:
         """The prelude and final event of a lost run: all if this socket saw none of it."""
         if run_id in self._ended:
             return
-        self._replaying.pop(run_id, None)
+        if self._replaying.pop(run_id, None) is not None:
+            self._ended_in_replay.add(run_id)
         self._behind.discard(run_id)
         if self.seen.get(run_id, 0):
             texts = texts[-1:]
@@ -143,13 +152,27 @@ class Connection:
         self._behind.clear()
         return runs
 
-    def begin_replay(self, run_id: str) -> None:
-        """Hold live events of `run_id` until `finish_replay`."""
+    def begin_replay(self, run_id: str, after_seq: int = 0) -> None:
+        """Hold live events of `run_id` until `finish_replay`.
+
+        The client has seen the run up to `after_seq` (on an earlier socket,
+        perhaps): the events of a run lost meanwhile are numbered after it.
+        """
         self._replaying.setdefault(run_id, [])
+        if after_seq > self.seen.get(run_id, 0):
+            self._note(run_id, after_seq)
 
     def finish_replay(self, run_id: str, after_seq: int, events: list[Event]) -> None:
-        """Send a run's replayed events after `after_seq`, then the live events held meanwhile."""
+        """Send a run's replayed events after `after_seq`, then the live events held meanwhile.
+
+        Nothing is sent if the run's end came meanwhile as a lost run's
+        (`_deliver_relative` ends the replay: it was numbered after what this
+        socket had sent, and the replay would repeat it with another seq).
+        """
         held = self._replaying.pop(run_id, [])
+        if run_id in self._ended_in_replay:
+            self._ended_in_replay.discard(run_id)
+            return
         pending = [(e["seq"], e) for e in events] + [(seq, text) for seq, text in held]
         last = after_seq
         for seq, item in pending:
@@ -165,9 +188,14 @@ class Connection:
                 self._note(run_id, last, final=True)
         self._note(run_id, last)
 
+    def has_ended(self, run_id: str) -> bool:
+        """Whether this socket has sent the run's final event."""
+        return run_id in self._ended
+
     def abandon_replay(self, run_id: str) -> None:
         """Drop a replay that failed, with the live events held for it."""
         self._replaying.pop(run_id, None)
+        self._ended_in_replay.discard(run_id)
 
     # -- sending -------------------------------------------------------------
     @property

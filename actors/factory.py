@@ -149,23 +149,47 @@ def sized_settings(settings: Settings) -> Settings:
     return counts_in_use(settings, running_counts(settings), resources.get("CPU", 1))
 
 
-def _head_node_id() -> str:
-    for node in _alive_nodes():
-        if "node:__internal_head__" in node.get("Resources", {}):
-            return str(node["NodeID"])
-    raise ConfigurationError("no head node found in the cluster")
+# Where each kind's actor 0 goes among the nodes (see `placement_node`): kinds start on
+# different nodes, so a small cluster still gets a bit of each kind on every node.
+_FIRST_NODE = {"persistence": 0, "agent": 1, "shard": 0}
+
+
+def placement_node(kind: str, index: int, nodes: list[str]) -> str:
+    """The node (from `nodes`, head first) that actor `index` of `kind` is placed on.
+
+    Round-robin per kind: actor i of a kind goes to node (i + offset) mod nodes.
+    """
+    if not nodes:
+        raise ValueError("no nodes")
+    return nodes[(index + _FIRST_NODE.get(kind, 0)) % len(nodes)]
+
+
+def _nodes_head_first() -> list[str]:
+    alive = _alive_nodes()
+    return [
+        str(node["NodeID"])
+        for node in sorted(
+            alive,
+            key=lambda n: ("node:__internal_head__" not in n.get("Resources", {}), n["NodeID"]),
+        )
+    ]
 
 
 def actor_options(settings: Settings, kind: str, index: int | None = None) -> dict[str, Any]:
     """The `ray.remote` options of one actor: name, namespace, CPUs and placement.
 
-    Shards, agents and PostgreSQL writers are spread over the nodes. A SQLite
-    writer on a cluster of several nodes is pinned to the head node, where its
-    file is (`check_cluster_safe` has refused a relative path).
+    Actors are spread over the nodes alive when they are created, round-robin
+    per kind (`placement_node`), with a soft node affinity: an actor whose node
+    is lost restarts on another. A SQLite writer on a cluster of several nodes
+    is pinned to the head node instead, where its file is (`check_cluster_safe`
+    has refused a relative path); it restarts only there.
     """
-    strategy: Any = "SPREAD"
-    if kind == "persistence" and settings.is_sqlite and len(_alive_nodes()) > 1:
-        strategy = NodeAffinitySchedulingStrategy(node_id=_head_node_id(), soft=False)
+    nodes = _nodes_head_first()
+    if kind == "persistence" and settings.is_sqlite and len(nodes) > 1:
+        strategy = NodeAffinitySchedulingStrategy(node_id=nodes[0], soft=False)
+    else:
+        node = placement_node(kind, index or 0, nodes)
+        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
     return {
         **_ACTOR_OPTIONS,
         "name": actor_name(settings, kind, index),

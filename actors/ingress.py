@@ -12,16 +12,18 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
 
+from ray.exceptions import RayActorError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.auth import Identity
 from actors.connection import Connection
 from actors.errors import NotReady, RateLimited, RaychatError
 from actors.event_hub import PollBatch
-from actors.events import error_event
+from actors.events import Event, error_event
 from actors.factory import ActorHandles
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
@@ -39,6 +41,31 @@ CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
 ENDS_KEPT_PER_USER = 64
 STOPPING_CHECK_S = 0.2
+
+
+# How long a call to a shard that is restarting (its process or node lost) is tried again.
+SHARD_RETRY_S = 30.0
+
+T = TypeVar("T")
+
+
+async def until_up(call: Callable[[], Awaitable[T]], retry_s: float = SHARD_RETRY_S) -> T:
+    """`await call()`, tried again while its actor is down (restarting), up to `retry_s`.
+
+    Only for calls that are safe to repeat: Ray cannot say whether a call to an
+    actor that went away ran there.
+    """
+    deadline = time.monotonic() + retry_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except RayActorError:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("an actor is down; trying again in %.1f s", delay)
+            await asyncio.sleep(delay)  # backoff while the actor restarts
+            delay = min(2.0, delay * 2)
 
 
 def remote_cause(exc: BaseException) -> BaseException:
@@ -64,6 +91,8 @@ class IngressCore:
         self.going_away = False
         # Chats to the same shard made at about the same time share one actor call.
         self._shard_chats = [RemoteCaller(s, batched={"chat": "chats"}) for s in handles.shards]
+        # Connects whose socket went away before the shard answered (see `serve_socket`).
+        self._orphans: set[asyncio.Future[bool]] = set()
         self._users: dict[str, set[Connection]] = {}
         # user id -> run id -> (status, text) of runs whose final event was delivered here
         self._ended: dict[str, dict[str, tuple[str, str]]] = {}
@@ -254,13 +283,18 @@ class IngressCore:
         )
         shard = self.handles.shard(user_id)
         limit = self.settings.max_sockets_per_user
-        connecting = asyncio.wrap_future(
-            shard.connect.remote(user_id, self.replica_id, limit).future()
+        # Counting a socket twice (a call that ran on a shard that then died) is harmless:
+        # a restarted shard starts counting afresh.
+        connecting = asyncio.ensure_future(
+            until_up(lambda: shard.connect.remote(user_id, self.replica_id, limit))
         )
         try:
             admitted = await asyncio.shield(connecting)
         except asyncio.CancelledError:
-            # Cancelled while the shard counts this socket: uncount it when it answers.
+            # Cancelled while the shard counts this socket: uncount it when it answers
+            # (the task is kept until then).
+            self._orphans.add(connecting)
+            connecting.add_done_callback(self._orphans.discard)
             connecting.add_done_callback(lambda _: self._undo_connect(connecting, shard, user_id))
             raise
         if not admitted:
@@ -375,6 +409,10 @@ class IngressCore:
                 conn.send_event(event)
             elif isinstance(cause, RaychatError):
                 conn.send_event(error_event(cause.code, cause.message, ref))
+            elif isinstance(cause, RayActorError):
+                logger.error("handling a %s frame failed", message.type, exc_info=exc)
+                message_ = "the user's shard is restarting; try again (with the same client_msg_id)"
+                conn.send_event(error_event("unavailable", message_, ref, retry_after=1.0))
             else:
                 logger.error("handling a %s frame failed", message.type, exc_info=exc)
                 conn.send_event(error_event("internal", "the server could not handle that", ref))
@@ -398,11 +436,24 @@ class IngressCore:
                     for run_id, (status, text) in self._ended.pop(conn.user_id, {}).items()
                 ),
             )
-            events = await self._shard_chats[self.handles.shard_index(conn.user_id)].chat(request)
+            caller = self._shard_chats[self.handles.shard_index(conn.user_id)]
+            attempts = 0
+
+            async def send() -> list[Event]:
+                # Sent again after a shard went away, the chat says so: a turn the lost
+                # shard stored is then answered as a duplicate, not stored twice.
+                nonlocal attempts
+                attempts += 1
+                again = replace(request, resent=True) if attempts > 1 else request
+                events: list[Event] = await caller.chat(again)
+                return events
+
+            events = await until_up(send)
             for event in events:
                 conn.send_event(event)
-            if events and events[0].get("duplicate"):
-                await self.resume(conn, events[0]["run_id"], events[0]["seq"])
+            if events and events[0].get("duplicate") and not conn.has_ended(events[0]["run_id"]):
+                run_id = events[0]["run_id"]
+                await self.resume(conn, run_id, max(events[0]["seq"], conn.seen.get(run_id, 0)))
         elif isinstance(message, Cancel):
             for event in await shard.cancel.remote(conn.user_id, message.run_id):
                 conn.send_event(event)
@@ -411,10 +462,11 @@ class IngressCore:
 
     async def resume(self, conn: Connection, run_id: str, after_seq: int) -> None:
         """Replay a run to `conn` after `after_seq`, then keep it streaming live."""
-        conn.begin_replay(run_id)
+        conn.begin_replay(run_id, after_seq)
         try:
-            events = await self.handles.shard(conn.user_id).resume.remote(
-                conn.user_id, run_id, after_seq, self.replica_id
+            shard = self.handles.shard(conn.user_id)
+            events = await until_up(
+                lambda: shard.resume.remote(conn.user_id, run_id, after_seq, self.replica_id)
             )
         except BaseException:
             conn.abandon_replay(run_id)

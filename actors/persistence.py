@@ -27,7 +27,6 @@ from actors.db_schema import messages, preferences, sessions, todos, users
 from actors.group_commit import GroupCommitter
 from actors.records import TurnRecord, UserContext
 from actors.schema import upgrade_schema
-from actors.sharding import writer_for
 from actors.stats import percentiles
 from config import Settings
 
@@ -94,7 +93,6 @@ class Persistence:
 
     def __init__(self, settings: Settings, writer: int = 0) -> None:
         self.writer = writer
-        self._writers = settings.persistence_writers or 1  # unsized (a lone instance): 1
         self._engine = make_engine(settings.database_url)
         self._writer: GroupCommitter[AsyncConnection] = GroupCommitter(
             self._transaction,
@@ -119,37 +117,24 @@ class Persistence:
             yield conn
 
     async def start(self) -> None:
-        """Migrate the schema (once), then mark this writer's replies left `streaming` failed.
+        """Migrate the schema to the newest revision (once per instance).
 
-        Only the rows of users this writer owns (`writer_for`): with several
-        writers, one restarting leaves the others' users alone.
+        Replies left `streaming` are not touched here: a writer restarting
+        (its process or node lost) cannot tell which of them agents are still
+        running. The shards settle them: each shard's recovery asks the agents
+        which of its users' streaming runs they hold and fails the others.
         """
         if self._schema_ready is None:
             self._schema_ready = asyncio.get_running_loop().create_future()
             try:
                 async with self._engine.begin() as conn:
                     await conn.run_sync(upgrade_schema)
-                    await self._fail_streaming(conn)
             except BaseException as exc:
                 self._schema_ready.set_exception(exc)
                 self._schema_ready = None
                 raise
             self._schema_ready.set_result(None)
         await self._schema_ready
-
-    async def _fail_streaming(self, conn: AsyncConnection) -> None:
-        if self._writers == 1:
-            owned = messages.c.status == "streaming"
-        else:
-            rows = await conn.execute(
-                select(messages.c.id, messages.c.user_id).where(messages.c.status == "streaming")
-            )
-            ids = [row.id for row in rows if writer_for(row.user_id, self._writers) == self.writer]
-            if not ids:
-                return
-            owned = and_(messages.c.status == "streaming", messages.c.id.in_(ids))
-        failed = {"status": "failed", "updated_at": time.time()}
-        await conn.execute(update(messages).where(owned).values(**failed))
 
     async def _write(self, op: Any) -> Any:
         await self.start()

@@ -3,26 +3,59 @@
 A user's reads and writes go to `writer_for(user_id)`; an update of one message
 row (a reply's end) to `writer_for_row(row_id)`; scans and pings to every
 writer. With one writer (SQLite) every call goes to it, as before.
+
+Calls that are safe to repeat (reads, and a reply's end, which sets the same
+values again) are retried while their writer restarts (its process or node
+lost), for up to `retry_s`: the run they belong to lives elsewhere and must not
+fail for it. Tool writes (a todo added twice) are not repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ray.exceptions import RayActorError
 
 from actors.records import TurnRecord, UserContext
 from actors.remote import RemoteCaller
 from actors.sharding import writer_for, writer_for_row
 
+logger = logging.getLogger(__name__)
+RETRY_S = 60.0  # longest a repeatable call waits for its writer to come back
 
 class PersistenceRouter:
     """`ShardStore`, tools and reply store over the persistence writer actors' handles."""
 
-    def __init__(self, handles: Sequence[Any], batched: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        handles: Sequence[Any],
+        batched: Mapping[str, str] | None = None,
+        retry_s: float = RETRY_S,
+    ) -> None:
         if not handles:
             raise ValueError("at least one persistence writer")
         self.callers = [RemoteCaller(handle, batched) for handle in handles]
+        self.retry_s = retry_s
+        self.retries = 0
+
+    async def _repeatable(self, caller: RemoteCaller, method: str, *args: Any) -> Any:
+        """`caller.method(*args)`, repeated while the writer is down (up to `retry_s`)."""
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.1
+        while True:
+            try:
+                return await getattr(caller, method)(*args)
+            except RayActorError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                self.retries += 1
+                logger.warning("persistence writer down during %s; retrying", method)
+                await asyncio.sleep(delay)  # backoff while the writer restarts
+                delay = min(2.0, delay * 2)
 
     def for_user(self, user_id: str) -> RemoteCaller:
         """The writer of `user_id`'s rows."""
@@ -43,24 +76,30 @@ class PersistenceRouter:
 
     async def load_context(self, user_id: str) -> UserContext:
         """The user's preferences and open todos."""
-        context: UserContext = await self.for_user(user_id).load_context(user_id)
+        context: UserContext = await self._repeatable(
+            self.for_user(user_id), "load_context", user_id
+        )
         return context
 
     async def load_conversation(self, user_id: str, *args: Any) -> list[dict[str, str]]:
         """The session's last messages as agent input."""
-        items: list[dict[str, str]] = await self.for_user(user_id).load_conversation(
-            user_id, *args
+        items: list[dict[str, str]] = await self._repeatable(
+            self.for_user(user_id), "load_conversation", user_id, *args
         )
         return items
 
     async def run_record(self, user_id: str, run_id: str) -> dict[str, Any] | None:
         """The stored reply row of one of the user's runs."""
-        row: dict[str, Any] | None = await self.for_user(user_id).run_record(user_id, run_id)
+        row: dict[str, Any] | None = await self._repeatable(
+            self.for_user(user_id), "run_record", user_id, run_id
+        )
         return row
 
     async def history(self, user_id: str, *args: Any) -> list[dict[str, Any]]:
         """A session's messages (`Persistence.history`)."""
-        rows: list[dict[str, Any]] = await self.for_user(user_id).history(user_id, *args)
+        rows: list[dict[str, Any]] = await self._repeatable(
+            self.for_user(user_id), "history", user_id, *args
+        )
         return rows
 
     async def add_todo(self, user_id: str, text: str) -> dict[str, Any]:
@@ -87,15 +126,15 @@ class PersistenceRouter:
         final_seq: int | None = None,
         error_code: str | None = None,
     ) -> None:
-        """Store a reply's end."""
-        await self.for_row(reply_message_id).finish_reply(
-            reply_message_id, text_, status, final_seq, error_code
-        )
+        """Store a reply's end (repeated while its writer restarts: it sets the same values)."""
+        caller = self.for_row(reply_message_id)
+        args = (reply_message_id, text_, status, final_seq, error_code)
+        await self._repeatable(caller, "finish_reply", *args)
 
     async def fail_if_streaming(self, reply_message_id: int, error_code: str) -> dict[str, Any]:
         """Mark a reply failed unless it has ended; the stored row."""
-        row: dict[str, Any] = await self.for_row(reply_message_id).fail_if_streaming(
-            reply_message_id, error_code
+        row: dict[str, Any] = await self._repeatable(
+            self.for_row(reply_message_id), "fail_if_streaming", reply_message_id, error_code
         )
         return row
 
@@ -103,7 +142,7 @@ class PersistenceRouter:
     async def streaming_replies(self) -> list[dict[str, Any]]:
         """Every reply still streaming, from every writer."""
         # Every writer reads the same database: one answer holds every row.
-        rows: list[dict[str, Any]] = await self.callers[0].streaming_replies()
+        rows: list[dict[str, Any]] = await self._repeatable(self.callers[0], "streaming_replies")
         return rows
 
     async def ping(self) -> bool:

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 History = list[dict[str, str]]
 LOST_MESSAGE = "the run was lost: the actor running it stopped"
+# How long storing a turn is retried while its persistence writer restarts (a lost node).
+STORE_RETRY_S = 30.0
 FAILURE_MESSAGES = {"internal": LOST_MESSAGE, "shutdown": SHUTDOWN_MESSAGE}
 
 
@@ -111,6 +113,8 @@ class ChatRequest:
     on_busy: str = "enqueue"
     # Runs of this user whose final event the replica delivered: (run_id, status, text).
     ended: tuple[tuple[str, str, str], ...] = ()
+    # Sent again because the shard it was first sent to went away before answering.
+    resent: bool = False
 
 
 @dataclass
@@ -301,6 +305,12 @@ class UserShard:
             raise Unavailable("the service is shutting down; try again shortly")
         if request.agent is not None and request.agent not in self._agent_names:
             raise BadRequest(f"agent: unknown agent {request.agent[:64]!r}")
+        if request.resent and await self._stored_before(request):
+            self.counts["duplicates"] += 1
+            accepted = accepted_event(
+                request.session_id, request.client_msg_id, request.run_id, duplicate=True
+            )
+            return [accepted]
         self._take_token(request.user_id)
         key = (request.user_id, request.session_id)
         await self._settle_active(key)
@@ -385,6 +395,12 @@ class UserShard:
         run.subscribers[request.replica_id] = sent
         return list(run.prelude)
 
+    async def _stored_before(self, request: ChatRequest) -> bool:
+        """Whether a chat sent again was taken by this shard or stored by its lost one."""
+        if request.run_id in self._runs:
+            return True
+        return await self._store.run_record(request.user_id, request.run_id) is not None
+
     async def _begin_turn(
         self, request: ChatRequest, *, context: bool, history_limit: int
     ) -> TurnRecord:
@@ -393,7 +409,9 @@ class UserShard:
         A retry is safe: a turn is keyed by its run id, so a write that did
         commit before its answer was lost is found, not stored twice.
         """
-        for attempt in range(5):
+        deadline = time.monotonic() + STORE_RETRY_S
+        attempt = 0
+        while True:
             try:
                 return await self._store.begin_turn(
                     request.user_id,
@@ -408,11 +426,12 @@ class UserShard:
             except RaychatError:
                 raise
             except Exception:
-                if attempt == 4:
+                delay = min(2.0, 0.25 * (attempt + 1))
+                if time.monotonic() + delay > deadline:
                     raise
                 logger.warning("storing run %s failed; retrying", request.run_id, exc_info=True)
-                await asyncio.sleep(0.25 * (attempt + 1))  # the database actor restarting
-        raise AssertionError("unreachable")
+                await asyncio.sleep(delay)  # its persistence writer restarting
+                attempt += 1
 
     def _take_token(self, user_id: str) -> None:
         bucket = self._buckets.get(user_id)
@@ -767,7 +786,9 @@ class UserShard:
             if final is None:
                 raise NotFound("no such run")
             self.counts["resumed"] += 1
-            return [final] if final["seq"] > after_seq else []
+            if final["seq"] <= after_seq:
+                return []
+            return await self._buffered(run_id, after_seq, final["seq"]) or [final]
         self.counts["resumed"] += 1
         if run.status == "queued":
             run.subscribers[replica_id] = max(after_seq, len(run.prelude))
@@ -779,6 +800,25 @@ class UserShard:
             return events
         final = await self._final_from_store(user_id, run_id, after_seq)
         return [final] if final is not None and final["seq"] > after_seq else []
+
+    async def _buffered(self, run_id: str, after_seq: int, final_seq: int) -> list[Event] | None:
+        """A finished run's events after `after_seq` from the agent still buffering it.
+
+        For a run this shard does not know (it restarted after the run ended):
+        the client then gets every event it missed, not only the final one.
+        Only a buffer that ends at the stored final seq is the run's own.
+        """
+        answers = await asyncio.gather(
+            *(
+                asyncio.wait_for(agent.replay_and_subscribe(run_id, after_seq, ""), 5.0)
+                for agent in self._agents  # one restarting is not waited for long
+            ),
+            return_exceptions=True,
+        )
+        for events in answers:
+            if isinstance(events, list) and events and events[-1]["seq"] == final_seq:
+                return events
+        return None
 
     async def streaming_texts(self, user_id: str, run_ids: list[str]) -> dict[str, str]:
         """The reply text so far of the user's runs in flight."""

@@ -38,9 +38,10 @@ class Settings(BaseSettings):
     # Persistence writer actors, each the writer of a share of the users. SQLite has
     # one writer; PostgreSQL gets one per four CPUs (1 to 8) unless set.
     persistence_writers: int | None = Field(default=None, ge=1, le=64)
-    # CPUs each shard, agent and persistence actor reserves (0: placed wherever; on a
-    # cluster, a reservation makes Ray spread them by free CPUs as well).
-    actor_cpus: float = Field(default=0.0, ge=0, le=64)
+    # CPUs each shard, agent and persistence actor reserves. A little, so Ray honours
+    # where they are placed (measured on Ray 2.60: actors asking for no resources at all
+    # ignore a soft node affinity and pile up on one node); raise it to keep CPUs for them.
+    actor_cpus: float = Field(default=0.01, ge=0, le=64)
     context_ttl_s: float = Field(default=600.0, gt=0)
     context_cache_max: int = Field(default=100_000, ge=1)
     session_cache_max: int = Field(default=20_000, ge=1)

@@ -106,6 +106,33 @@ def test_send_event_never_lowers_the_seen_seq(conn: Connection) -> None:
     assert conn.seen["r1"] == 4
 
 
+def test_a_resume_after_a_lost_runs_end_sends_no_second_final(conn: Connection) -> None:
+    # The end of a lost run (numbered 1, 2) reached the socket while it resumed the run;
+    # the database's answer to the resume is that final again, numbered after 2.
+    conn.begin_replay("r1", after_seq=1)
+    lost_end = [run_event("r1", 1, "run.accepted"), run_event("r1", 2, "run.failed")]
+    conn.deliver("r1", 0, [encode(e) for e in lost_end])
+    conn.finish_replay("r1", 2, [run_event("r1", 3, "run.failed")])
+    assert [(e["type"], e["seq"]) for e in drain(conn)] == [("run.failed", 2)]
+    assert conn.has_ended("r1")
+    # A resume the client asks for later still replays what it asks for.
+    conn.begin_replay("r1", after_seq=1)
+    conn.finish_replay("r1", 1, [run_event("r1", 2, "run.failed")])
+    assert [(e["type"], e["seq"]) for e in drain(conn)] == [("run.failed", 2)]
+
+
+def test_a_run_event_already_sent_is_not_sent_again(conn: Connection) -> None:
+    # A lost run's end reached this socket, then a chat sent again (its shard had died)
+    # is answered as a duplicate of that run: seq 1 must not go out a second time.
+    conn.deliver("r1", 0, [encode(run_event("r1", 1, "run.accepted"))])
+    conn.send_event(run_event("r1", 1, "run.accepted"))
+    conn.send_event({"type": "pong"})
+    assert [(e["type"], e.get("seq")) for e in drain(conn)] == [
+        ("run.accepted", 1),
+        ("pong", None),
+    ]
+
+
 # -- replay -------------------------------------------------------------------
 
 
@@ -151,6 +178,18 @@ def test_abandon_replay_drops_held_events_and_resumes_live(conn: Connection) -> 
     assert conn.queued == 0
     conn.deliver("r1", 3, texts("r1", 3, 3))
     assert seqs(drain(conn)) == [3]
+
+
+def test_a_lost_runs_end_after_a_resume_on_a_new_socket_follows_the_clients_seq(
+    conn: Connection,
+) -> None:
+    # The client saw 1..27 on a socket that dropped; on this one it resumes after 27,
+    # and the run turns out lost with its actor: its prelude and final come relative.
+    conn.begin_replay("r1", after_seq=27)
+    prelude = encode(run_event("r1", 1, "run.accepted"))
+    conn.deliver("r1", 0, [prelude, encode(run_event("r1", 2, "run.failed"))])
+    events = drain(conn)
+    assert [(e["type"], e["seq"]) for e in events] == [("run.failed", 28)]
 
 
 def test_begin_replay_twice_keeps_the_held_events(conn: Connection) -> None:

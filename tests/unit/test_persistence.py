@@ -468,7 +468,7 @@ async def test_write_after_close_is_refused(db: Database) -> None:
     await p.close()
 
 
-async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(db: Database) -> None:
+async def test_reopen_sees_rows_and_leaves_streaming_replies_to_the_shards(db: Database) -> None:
     first = Persistence(settings_for(db))
     try:
         finished = await turn(first, "run-1", "q1", client_msg_id="m1")
@@ -494,7 +494,9 @@ async def test_reopen_sees_rows_and_fails_leftover_streaming_replies(db: Databas
         leftover = await second.run_record("alice", "run-2")
         assert leftover is not None
         assert leftover["id"] == crashed.reply_message_id
-        assert leftover["status"] == "failed"
+        # An agent may still be running it (only this writer restarted): shards decide.
+        assert leftover["status"] == "streaming"
+        assert [r["run_id"] for r in await second.streaming_replies()] == ["run-2"]
         context = await second.load_context("alice")
         assert (len(context.todos), context.preferences) == (1, {"k": "v"})
         again = await turn(second, "run-3", client_msg_id="m1")
@@ -511,24 +513,27 @@ async def test_a_retried_turn_is_found_by_run_id_not_stored_twice(p: Persistence
     assert await p.count_messages() == 2
 
 
-@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # SQLite has one writer
-async def test_a_restarted_writer_fails_only_its_own_users_streaming_replies(db: Database) -> None:
-    from actors.sharding import writer_for
+async def test_reads_do_not_wait_behind_a_write_batch(p: Persistence) -> None:
+    from actors.db_schema import todos
 
-    settings = settings_for(db, persistence_writers=2)
-    users = [f"user-{i}" for i in range(12)]
-    first = Persistence(settings, writer=0)
-    await first.start()
-    try:
-        for user in users:  # any writer can store any user's rows; all of them streaming
-            await first.begin_turn(user, "s", f"run-{user}", "hi", None)
-    finally:
-        await first.close()
-    restarted = Persistence(settings, writer=1)
-    await restarted.start()
-    await restarted.close()
-    statuses = dict(db.rows("SELECT user_id, status FROM messages WHERE role = 'assistant'"))
-    assert statuses == {
-        user: "failed" if writer_for(user, 2) == 1 else "streaming" for user in users
-    }
-    assert set(statuses.values()) == {"failed", "streaming"}
+    await turn(p, "run-0")
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def held_open(conn: AsyncConnection) -> None:  # a batch that takes its time
+        await conn.execute(
+            todos.insert().values(user_id="alice", text="held", done=False, created_at=0.0)
+        )
+        inside.set()
+        await release.wait()
+
+    writing = asyncio.ensure_future(p._write(held_open))
+    await asyncio.wait_for(inside.wait(), GUARD)
+    # The write batch holds its transaction open: reads answer anyway, without its rows.
+    history = await asyncio.wait_for(p.history("alice", "s1", 10, None), GUARD)
+    context = await asyncio.wait_for(p.load_context("alice"), GUARD)
+    assert [row["run_id"] for row in history] == ["run-0", "run-0"]
+    assert context.todos == []
+    assert not writing.done()
+    release.set()
+    await asyncio.wait_for(writing, GUARD)
+    assert [t["text"] for t in (await p.load_context("alice")).todos] == ["held"]

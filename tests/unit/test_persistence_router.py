@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from ray.exceptions import RayActorError
 
 from actors.persistence_router import PersistenceRouter
 from actors.sharding import writer_for, writer_for_row
@@ -104,3 +105,43 @@ def test_one_writers_stats_keep_protocol_shape() -> None:
     merged = merge_persistence([_stats(0, 2, 8.0)])
     assert merged["queue_depth"] == 2
     assert merged["lag_ms"] == {"p50": 4.0, "p99": 8.0}
+
+
+class FlakyWriter(FakeWriter):
+    """A writer whose first `down` calls fail as a restarting actor's do."""
+
+    def __init__(self, index: int, down: int) -> None:
+        super().__init__(index)
+        self.down = down
+
+    def __getattr__(self, name: str) -> Any:
+        writer = self
+
+        class _Failing(_Method):
+            async def remote(self, *args: Any) -> Any:
+                if writer.down > 0:
+                    writer.down -= 1
+                    writer.calls.append(("died", args))
+                    raise RayActorError()
+                return await super().remote(*args)
+
+        return _Failing(self, name)
+
+
+async def test_repeatable_calls_wait_for_a_restarting_writer() -> None:
+    writer = FlakyWriter(0, down=3)
+    router = PersistenceRouter([writer], retry_s=30)
+    await router.finish_reply(7, "text", "completed", 4, None)
+    assert [name for name, _ in writer.calls] == ["died", "died", "died", "finish_reply"]
+    assert router.retries == 3
+
+
+async def test_tool_writes_are_not_repeated_and_retries_end() -> None:
+    writer = FlakyWriter(0, down=1)
+    with pytest.raises(RayActorError):
+        await PersistenceRouter([writer]).add_todo("alice", "milk")  # might have committed
+    assert [name for name, _ in writer.calls] == ["died"]
+    gone = FlakyWriter(0, down=10**6)
+    with pytest.raises(RayActorError):
+        await PersistenceRouter([gone], retry_s=0.5).load_context("alice")
+    assert 2 <= len(gone.calls) < 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.errors import ConfigurationError
-from actors.factory import check_cluster_safe, counts_in_use
+from actors.factory import check_cluster_safe, counts_in_use, placement_node
 from config import Settings
 
 PG = "postgresql+asyncpg://raychat@db.internal/raychat"
@@ -111,3 +111,14 @@ def test_a_cluster_refuses_a_generated_secret_or_a_relative_sqlite_file(
 
 def test_a_cluster_accepts_an_absolute_sqlite_file_on_the_head_node() -> None:
     check_cluster_safe(Settings(database_url="sqlite+aiosqlite:////srv/raychat.db", **SECRET), 2)
+
+
+def test_each_kind_is_spread_round_robin_over_the_nodes() -> None:
+    nodes = ["head", "w1", "w2"]
+    assert [placement_node("shard", i, nodes) for i in range(4)] == ["head", "w1", "w2", "head"]
+    assert [placement_node("agent", i, nodes) for i in range(3)] == ["w1", "w2", "head"]
+    writers = [placement_node("persistence", i, nodes[:2]) for i in range(2)]
+    assert writers == ["head", "w1"]
+    assert {placement_node(kind, 0, ["only"]) for kind in ("shard", "agent")} == {"only"}
+    with pytest.raises(ValueError):
+        placement_node("shard", 0, [])
