@@ -175,16 +175,18 @@ def _nodes_head_first() -> list[str]:
     ]
 
 
-def actor_options(settings: Settings, kind: str, index: int | None = None) -> dict[str, Any]:
+def actor_options(
+    settings: Settings, kind: str, index: int | None, nodes: list[str]
+) -> dict[str, Any]:
     """The `ray.remote` options of one actor: name, namespace, CPUs and placement.
 
     Actors are spread over the nodes alive when they are created, round-robin
     per kind (`placement_node`), with a soft node affinity: an actor whose node
     is lost restarts on another. A SQLite writer on a cluster of several nodes
     is pinned to the head node instead, where its file is (`check_cluster_safe`
-    has refused a relative path); it restarts only there.
+    has refused a relative path); it restarts only there. `nodes`: the alive
+    nodes' ids, head first.
     """
-    nodes = _nodes_head_first()
     if kind == "persistence" and settings.is_sqlite and len(nodes) > 1:
         strategy = NodeAffinitySchedulingStrategy(node_id=nodes[0], soft=False)
     else:
@@ -204,21 +206,22 @@ def ensure_actors(settings: Settings) -> ActorHandles:
 
     `settings` must be `sized_settings` (actor counts known).
     """
+    nodes = _nodes_head_first()
     writers = [
         ray.remote(PersistenceActor)
-        .options(**actor_options(settings, "persistence", i))
+        .options(**actor_options(settings, "persistence", i, nodes))
         .remote(settings, i)
         for i in range(settings.persistence_writer_count)
     ]
     agents = [
         ray.remote(AgentActor)
-        .options(**actor_options(settings, "agent", i))
+        .options(**actor_options(settings, "agent", i, nodes))
         .remote(settings, writers)
         for i in range(settings.agent_actor_count)
     ]
     shards = [
         ray.remote(ShardActor)
-        .options(**actor_options(settings, "shard", i))
+        .options(**actor_options(settings, "shard", i, nodes))
         .remote(settings, i, writers, agents)
         for i in range(settings.shard_count)
     ]
