@@ -3,8 +3,11 @@
 Every system speaks PROTOCOL.md on `/api/websocket/ws?token=...` and runs the
 same simulated model with the same settings (`SimSettings` -> `RAYCHAT_SIM_*`,
 `RAYCHAT_COALESCE_MS`). Each gets a free loopback port, its own fresh SQLite
-file `WORKDIR/NAME.db`, its own data dir, its own random `RAYCHAT_SECRET`, and
-a log `WORKDIR/NAME.log` (stdout and stderr of its processes).
+file `WORKDIR/NAME.db` (or the `database_url` given to `start_system`, e.g. a
+fresh PostgreSQL database: `RAYCHAT_DATABASE_URL` of every server process), its
+own data dir, its own random `RAYCHAT_SECRET`, and a log `WORKDIR/NAME.log`
+(stdout and stderr of its processes). `start_system(..., env={...})` adds
+variables to the servers' environment (e.g. `RAYCHAT_PERSISTENCE_WRITERS`).
 
 - `serial`: `python -m benchmarks.baselines.serial_app` (one uvicorn process,
   one turn at a time across all users, everything built per turn).
@@ -69,13 +72,22 @@ haproxy.py):
   is slow; the launcher skips it and ends the whole cluster with `ray.shutdown`.
 
 `start_system` returns once `/readyz` answers 200 and a WebSocket `ping` gets
-its `pong` through `base_url`; `info["startup"]` holds `ready_s` (launch to
-`/readyz` 200), `serve_ready_s` (launch to `serve.run` returning, Ray only,
-written by the launcher) and `pong_s`. `stop()` sends SIGTERM, waits, then
-kills every process it recorded or that carries the system's marker variable
-(HAProxy processes orphaned by their manager's end included), copies the
-HAProxy logs next to the system's log and removes the Ray temp dir. Systems
-still running when the caller exits are stopped.
+its `pong` through `base_url`, and, behind HAProxy, once HAProxy routes to the
+ingress replica: `/readyz` and the first sockets can pass through HAProxy's
+backup server (Serve's Python proxy) before HAProxy has reloaded with the
+replica in its backend, and a socket opened then stays on the Python proxy for
+its whole life (a load started then measured the Python proxy, 10 ms of CPU per
+turn, instead of HAProxy). The check (`_routed_to_replica`): a WebSocket `ping`
+through `base_url` raises the replica server's count of `1xx` answers (the
+`101` of the upgrade) in HAProxy's statistics (`/stats;csv` on
+`RAY_SERVE_HAPROXY_STATS_PORT`), polled until it does, within the start
+timeout. `info["startup"]` holds `ready_s` (launch to `/readyz` 200),
+`serve_ready_s` (launch to `serve.run` returning, Ray only, written by the
+launcher), `pong_s` and, behind HAProxy, `haproxy_routed_s`. `stop()` sends
+SIGTERM, waits, then kills every process it recorded or that carries the
+system's marker variable (HAProxy processes orphaned by their manager's end
+included), copies the HAProxy logs next to the system's log and removes the
+Ray temp dir. Systems still running when the caller exits are stopped.
 """
 
 from __future__ import annotations
@@ -99,7 +111,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -144,6 +156,7 @@ DIRECT_PORT_WINDOW = 16
 QUIET_PORTS = (20_000, 29_000)  # below the ephemeral range (32768 up) and Serve's 30000 up
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
+HAPROXY_STATS_URI = "/stats;csv"  # Serve's HAProxy config: `stats uri /stats` on the stats port
 TOKEN_ISSUER = "raychat"  # config.Settings.token_issuer's default
 TOKEN_TTL_S = 7 * 24 * 3600
 
@@ -414,9 +427,19 @@ def _pong(system: SubprocessSystem) -> bool | None:
 
 
 def start_system(
-    name: str, sim: SimSettings, workdir: Path, *, timeout_s: float = START_TIMEOUT_S
+    name: str,
+    sim: SimSettings,
+    workdir: Path,
+    *,
+    timeout_s: float = START_TIMEOUT_S,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> SubprocessSystem:
-    """Start `name` in its own subprocess(es); return once it answers, or raise."""
+    """Start `name` in its own subprocess(es); return once it answers, or raise.
+
+    `database_url`: the servers' `RAYCHAT_DATABASE_URL` (default: a fresh SQLite
+    file `WORKDIR/NAME.db`); `env`: more variables for the servers' environment.
+    """
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; choose one of {', '.join(SYSTEMS)}")
     workdir = Path(workdir).resolve()
@@ -425,18 +448,21 @@ def start_system(
     secret = secrets.token_urlsafe(32)
     marker = f"{name}-{uuid.uuid4().hex}"
     db_path = workdir / f"{name}.db"
-    _fresh_db(db_path)
-    env = {
+    if database_url is None:
+        _fresh_db(db_path)
+        database_url = f"sqlite+aiosqlite:///{db_path}"
+    server_env = {
         **os.environ,
         **sim.env(),
         "RAYCHAT_SECRET": secret,
-        "RAYCHAT_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "RAYCHAT_DATABASE_URL": database_url,
         "RAYCHAT_DATA_DIR": str(workdir / f"{name}-data"),
         "RAYCHAT_TOKEN_ISSUER": TOKEN_ISSUER,
         "OPENAI_AGENTS_DISABLE_TRACING": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONUNBUFFERED": "1",
         MARKER_ENV: marker,
+        **(env or {}),
     }
     ray_temp_dir: Path | None = None
     ready_file = workdir / f"{name}.ready.json"  # the Ray launcher's ports, once it serves
@@ -452,17 +478,23 @@ def start_system(
         ]  # fmt: skip
         if name == "raychat-direct":
             command.append("--direct-client")
-        env.update(ray_env(ray_temp_dir, avoid={port}))
+        server_env.update(ray_env(ray_temp_dir, avoid={port}))
         for key, value in RAY_INGRESS[name].items():
             if value is None:
-                env.pop(key, None)  # serve_app's default decides, as with `serve run`
+                server_env.pop(key, None)  # serve_app's default decides, as with `serve run`
             else:
-                env[key] = value
+                server_env[key] = value
     log = (workdir / f"{name}.log").open("wb")
     launched_at, launched_wall = time.monotonic(), time.time()
     process = subprocess.Popen(
-        command, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command,
+        env=server_env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+    shown_db = str(db_path) if database_url.endswith(str(db_path)) else _hide_password(database_url)
     system = SubprocessSystem(
         name=name,
         base_url=f"http://127.0.0.1:{port}",
@@ -471,7 +503,12 @@ def start_system(
         marker=marker,
         log=log,
         ray_temp_dir=ray_temp_dir,
-        info={"port": port, "db": str(db_path), "log": log.name},
+        info={
+            "port": port,
+            "db": shown_db,
+            "log": log.name,
+            "haproxy_stats_port": server_env.get("RAY_SERVE_HAPROXY_STATS_PORT"),
+        },
     )
     _running.add(system)
     _markers.append(marker)
@@ -495,6 +532,11 @@ def start_system(
         startup["pong_s"] = round(time.monotonic() - launched_at, 3)
         if ray_temp_dir is not None:
             _check_ingress(system)
+        if system.info.get("ha_proxy"):
+            _wait_until(
+                lambda: _routed_to_replica(system), system, deadline, "HAProxy route to the replica"
+            )
+            startup["haproxy_routed_s"] = round(time.monotonic() - launched_at, 3)
     except BaseException:
         system.stop()
         raise
@@ -548,6 +590,54 @@ def _check_ingress(system: SubprocessSystem) -> None:
         )
     if system.name not in HAPROXY_REQUIRED and pids:
         raise RuntimeError(f"{system.name} should not run HAProxy, yet haproxy pids {pids} run")
+
+
+def replica_upgrades(stats_csv: str) -> int | None:
+    """`1xx` answers of HAProxy's UP non-backup servers, from its `/stats;csv` page.
+
+    None when no such server is UP (the backup, Serve's Python proxy, is not
+    counted). A WebSocket upgrade answered by an ingress replica adds one.
+    """
+    lines = stats_csv.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise ValueError("not HAProxy's CSV statistics")
+    header = lines[0][2:].split(",")
+    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+    servers = [
+        row
+        for row in rows
+        if row.get("svname") not in ("FRONTEND", "BACKEND")
+        and row.get("type") == "2"  # a server (0 frontend, 1 backend, 3 listener)
+        and row.get("bck") == "0"
+        and row.get("status", "").startswith("UP")
+    ]
+    if not servers:
+        return None
+    return sum(int(row.get("hrsp_1xx") or 0) for row in servers)
+
+
+def _haproxy_upgrades(system: SubprocessSystem) -> int | None:
+    url = f"http://127.0.0.1:{system.info['haproxy_stats_port']}{HAPROXY_STATS_URI}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return replica_upgrades(response.read().decode())
+
+
+def _routed_to_replica(system: SubprocessSystem) -> bool | None:
+    """True once a WebSocket opened through `base_url` lands on an ingress replica."""
+    before = _haproxy_upgrades(system)
+    if before is None:
+        return None  # HAProxy has no replica UP yet (or an old process answered)
+    _pong(system)
+    after = _haproxy_upgrades(system)
+    return True if after is not None and after > before else None
+
+
+def _hide_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 # -- the Ray launcher (runs in the subprocess) -----------------------------------------
@@ -644,7 +734,11 @@ def _app_settings() -> dict[str, Any]:
         settings = sized_settings(Settings())
     except Exception as exc:  # informative only: never fail a start for it
         return {"error": repr(exc)}
-    return {"shards": settings.shards, "agent_actors": settings.agent_actors}
+    return {
+        "shards": settings.shards,
+        "agent_actors": settings.agent_actors,
+        "persistence_writers": settings.persistence_writers,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
