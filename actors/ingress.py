@@ -449,16 +449,28 @@ class IngressCore:
                 return events
 
             events = await until_up(send)
+            if attempts > 1 and events and events[0].get("duplicate"):
+                # Sent again by this replica, found stored: the client sent it once. It may
+                # have seen the run already (its end, as a lost run's): nothing twice.
+                await self._resent_turn(conn, events[0])
+                return
             for event in events:
                 conn.send_event(event)
-            if events and events[0].get("duplicate") and not conn.has_ended(events[0]["run_id"]):
-                run_id = events[0]["run_id"]
-                await self.resume(conn, run_id, max(events[0]["seq"], conn.seen.get(run_id, 0)))
+            if events and events[0].get("duplicate"):
+                await self.resume(conn, events[0]["run_id"], events[0]["seq"])
         elif isinstance(message, Cancel):
             for event in await shard.cancel.remote(conn.user_id, message.run_id):
                 conn.send_event(event)
         elif isinstance(message, Resume):
             await self.resume(conn, message.run_id, message.after_seq)
+
+    async def _resent_turn(self, conn: Connection, accepted: Event) -> None:
+        """Answer a chat this replica sent again and found stored, as its first answer."""
+        run_id = accepted["run_id"]
+        if conn.seen.get(run_id, 0) < accepted["seq"]:
+            conn.send_event({**accepted, "duplicate": False})
+        if not conn.has_ended(run_id):
+            await self.resume(conn, run_id, conn.seen.get(run_id, 0))
 
     async def resume(self, conn: Connection, run_id: str, after_seq: int) -> None:
         """Replay a run to `conn` after `after_seq`, then keep it streaming live."""

@@ -148,7 +148,7 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     async with ChatClient(service.ws_url(user)) as client:
         # Long enough to outlast the outage: Serve keeps a stopping direct-ingress replica
         # up for its deregistration window (5 s, serve_app.REPLICA_ENV) before the app
-        # can be deployed again.
+        # can be deployed again. The test stops it once it has seen it go on.
         run_id = await client.start("a long story in 5000 words")
         await client.next_of("message.delta")
         serve.delete(APP_NAME, _blocking=False)
@@ -159,15 +159,22 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     assert client.runs[run_id].final is None, "the socket should be cut mid-stream"
     deploy(service.settings)
     wait_ready(service.http)
-    rest = await resume_to_final(service.ws_url(user), run_id, seen[-1]["seq"])
+    async with ChatClient(service.ws_url(user)) as again:
+        await again.send({"type": "resume", "run_id": run_id, "after_seq": seen[-1]["seq"]})
+        # The run went on through the restart: new text arrives live on the new socket.
+        for _ in range(3):
+            await again.next_of("message.delta")
+        await again.send({"type": "cancel", "run_id": run_id})
+        rest = await again.until_final(run_id)
     events = seen + rest.events
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     final = events[-1]
-    assert final["type"] == "run.completed"
-    assert "".join(e["text"] for e in events if e["type"] == "message.delta") == final["text"]
+    assert final["type"] == "run.cancelled"
+    text = "".join(e["text"] for e in events if e["type"] == "message.delta")
+    assert text == final["text"] != ""
     assert service.query(
-        "SELECT status FROM messages WHERE run_id = ? AND role = 'assistant'", run_id
-    ) == [("completed",)]
+        "SELECT status, text FROM messages WHERE run_id = ? AND role = 'assistant'", run_id
+    ) == [("cancelled", text)]
 
 
 async def test_rolling_redeploy_closes_sockets_1001_and_runs_resume(service: Service) -> None:

@@ -121,21 +121,6 @@ def test_a_resume_after_a_lost_runs_end_sends_no_second_final(conn: Connection) 
     assert [(e["type"], e["seq"]) for e in drain(conn)] == [("run.failed", 2)]
 
 
-def test_a_run_event_already_sent_is_not_sent_again(conn: Connection) -> None:
-    # A lost run's end reached this socket, then a chat sent again (its shard had died)
-    # is answered as a duplicate of that run: seq 1 must not go out a second time.
-    conn.deliver("r1", 0, [encode(run_event("r1", 1, "run.accepted"))])
-    conn.send_event(run_event("r1", 1, "run.accepted"))
-    conn.send_event({"type": "pong"})
-    assert [(e["type"], e.get("seq")) for e in drain(conn)] == [
-        ("run.accepted", 1),
-        ("pong", None),
-    ]
-
-
-# -- replay -------------------------------------------------------------------
-
-
 def test_replay_holds_live_events_then_sends_replay_then_held(conn: Connection) -> None:
     conn.begin_replay("r1")
     conn.deliver("r1", 4, texts("r1", 4, 5))  # live, arrives before the replay
