@@ -12,7 +12,7 @@ is one node): `python -m tests.integration.cluster_scenario DATABASE_URL OUT.jso
    the worker node is removed (its raylet and every process on it killed).
 3. Each client reads on; a dropped socket reconnects and `resume`s from the
    last seq it saw, as a client does, until the run's final event.
-4. `NEW_USERS` new users chat right after the removal.
+4. `NEW_USERS` new users chat as soon as Ray has declared the node dead.
 5. The database is read back for every run.
 
 It asserts nothing: it writes what happened to OUT.json and the test judges it.
@@ -104,6 +104,17 @@ def _held_by(settings: Settings, run_ids: list[str]) -> dict[str, int]:
     return held
 
 
+def _wait_node_dead(node_id: str, since: float, timeout_s: float = 120.0) -> float:
+    """Seconds from `since` until the GCS reports the node dead (bounded poll)."""
+    import ray
+
+    while time.monotonic() - since < timeout_s:
+        if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+            return round(time.monotonic() - since, 2)
+        time.sleep(0.1)  # polling the GCS's view of the node, bounded by timeout_s
+    raise TimeoutError(f"node {node_id} still alive after {timeout_s} s")
+
+
 class User:
     """One simulated user: a socket, a long run, and what became of it."""
 
@@ -165,6 +176,9 @@ async def _chat(url_for: Any, cluster: Any, worker: Any, settings: Settings) -> 
     finishing = [asyncio.ensure_future(u.finish()) for u in users]
     removed_at = time.monotonic()
     await asyncio.to_thread(cluster.remove_node, worker, False)
+    # New users chat once Ray has declared the node dead: until then an agent on it may
+    # still take a run (and lose it with the node), as on any cluster.
+    detected_s = await asyncio.to_thread(_wait_node_dead, worker.node_id, removed_at)
     new_chats = await asyncio.gather(*(_new_chat(url_for(f"cn-{i}")) for i in range(NEW_USERS)))
     await asyncio.gather(*finishing)
     return {
@@ -174,6 +188,7 @@ async def _chat(url_for: Any, cluster: Any, worker: Any, settings: Settings) -> 
         "users": users,
         "new_chats": list(new_chats),
         "settled_s": round(time.monotonic() - removed_at, 2),
+        "node_dead_after_s": detected_s,
     }
 
 
@@ -275,6 +290,7 @@ def main(database_url: str, out: Path) -> None:
             "runs": runs,
             "new_chats": result["new_chats"],
             "settled_s": result["settled_s"],
+            "node_dead_after_s": result["node_dead_after_s"],
         }
         out.write_text(json.dumps(facts, indent=1))
     finally:

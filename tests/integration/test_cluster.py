@@ -54,7 +54,11 @@ def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for run in runs
     )
     counts["resumed"] = sum(run["dropped"] for run in runs)
-    print(f"\ncluster test: {dict(counts)}, new chats after the loss: {result['new_chats']}")
+    chats = [(chat["type"], chat["seconds"]) for chat in result["new_chats"]]
+    print(
+        f"\ncluster test: {dict(counts)}; node declared dead after "
+        f"{result['node_dead_after_s']} s; new chats then: {chats}"
+    )
     return result
 
 
