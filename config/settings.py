@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     openai_model: str | None = None
     openai_max_retries: int = Field(default=2, ge=0, le=10)
     openai_timeout_s: float = Field(default=60.0, gt=0)
+    # Requests in flight to the endpoint per agent actor (a stream counts until it ends);
+    # more wait for a free slot instead of flooding the endpoint.
+    openai_max_concurrency: int = Field(default=64, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _openai_needs_a_model(self) -> Settings:

@@ -73,6 +73,11 @@ class FakeChatCompletions:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
+    # Streams: each chunk waits for `release` when set (streams stay open meanwhile).
+    release: asyncio.Event | None = None
+    in_flight: int = 0
+    max_in_flight: int = 0
+    arrivals: asyncio.Condition = field(default_factory=asyncio.Condition)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -154,6 +159,21 @@ class FakeChatCompletions:
         return f"data: {json.dumps(chunk)}\n\n"
 
     async def _sse(
+        self, completion_id: str, model: str, usage: bool, abort: bool
+    ) -> AsyncIterator[str]:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        async with self.arrivals:
+            self.arrivals.notify_all()
+        try:
+            async for chunk in self._sse_chunks(completion_id, model, usage, abort):
+                if self.release is not None:
+                    await self.release.wait()
+                yield chunk
+        finally:
+            self.in_flight -= 1
+
+    async def _sse_chunks(
         self, completion_id: str, model: str, usage: bool, abort: bool
     ) -> AsyncIterator[str]:
         yield self._chunk(completion_id, model, {"role": "assistant", "content": ""})
@@ -444,3 +464,40 @@ def test_openai_model_requires_a_model_name(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ValidationError, match="RAYCHAT_OPENAI_MODEL"):
         Settings(model="openai", openai_model="")
     assert Settings(model="openai", openai_model=MODEL_NAME).openai_model == MODEL_NAME
+
+
+async def test_requests_beyond_the_concurrency_cap_wait_instead_of_flooding(
+    endpoint: Endpoint,
+) -> None:
+    settings = openai_settings(endpoint.base_url).model_copy(update={"openai_max_concurrency": 2})
+    model = make_model(settings)
+    client = model._client  # type: ignore[attr-defined]
+    endpoint.fake.release = asyncio.Event()  # every stream holds until released
+
+    async def one_stream() -> str:
+        stream = await client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        return "".join(parts)
+
+    try:
+        streams = [asyncio.ensure_future(one_stream()) for _ in range(5)]
+        fake = endpoint.fake
+
+        async def in_flight(count: int) -> None:
+            async with fake.arrivals:
+                await fake.arrivals.wait_for(lambda: fake.in_flight >= count)
+
+        # Two streams reach the endpoint and hold their connections; three wait. Without
+        # the cap a third arrives within milliseconds on loopback: 1 s is a wide margin.
+        await asyncio.wait_for(in_flight(2), POLL_BOUND_S)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(in_flight(3), 1.0)
+        assert len(fake.bodies) == 2
+        endpoint.fake.release.set()
+        replies = await asyncio.wait_for(asyncio.gather(*streams), POLL_BOUND_S)
+    finally:
+        await model.close()  # type: ignore[attr-defined]
+    assert replies == [REPLY] * 5
+    assert (endpoint.fake.max_in_flight, len(endpoint.fake.bodies)) == (2, 5)
