@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from ray.exceptions import RayActorError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -27,7 +27,7 @@ from actors.events import Event, error_event
 from actors.factory import ActorHandles
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
-from actors.remote import RemoteCaller
+from actors.remote import RemoteCaller, until_up
 from actors.stats_report import merge_persistence, merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
@@ -45,27 +45,6 @@ STOPPING_CHECK_S = 0.2
 
 # How long a call to a shard that is restarting (its process or node lost) is tried again.
 SHARD_RETRY_S = 30.0
-
-T = TypeVar("T")
-
-
-async def until_up(call: Callable[[], Awaitable[T]], retry_s: float = SHARD_RETRY_S) -> T:
-    """`await call()`, tried again while its actor is down (restarting), up to `retry_s`.
-
-    Only for calls that are safe to repeat: Ray cannot say whether a call to an
-    actor that went away ran there.
-    """
-    deadline = time.monotonic() + retry_s
-    delay = 0.1
-    while True:
-        try:
-            return await call()
-        except RayActorError:
-            if time.monotonic() + delay > deadline:
-                raise
-            logger.warning("an actor is down; trying again in %.1f s", delay)
-            await asyncio.sleep(delay)  # backoff while the actor restarts
-            delay = min(2.0, delay * 2)
 
 
 def remote_cause(exc: BaseException) -> BaseException:
@@ -286,7 +265,7 @@ class IngressCore:
         # Counting a socket twice (a call that ran on a shard that then died) is harmless:
         # a restarted shard starts counting afresh.
         connecting = asyncio.ensure_future(
-            until_up(lambda: shard.connect.remote(user_id, self.replica_id, limit))
+            until_up(lambda: shard.connect.remote(user_id, self.replica_id, limit), SHARD_RETRY_S)
         )
         try:
             admitted = await asyncio.shield(connecting)
@@ -448,7 +427,7 @@ class IngressCore:
                 events: list[Event] = await caller.chat(again)
                 return events
 
-            events = await until_up(send)
+            events = await until_up(send, SHARD_RETRY_S)
             if attempts > 1 and events and events[0].get("duplicate"):
                 # Sent again by this replica, found stored: the client sent it once. It may
                 # have seen the run already (its end, as a lost run's): nothing twice.
@@ -478,7 +457,8 @@ class IngressCore:
         try:
             shard = self.handles.shard(conn.user_id)
             events = await until_up(
-                lambda: shard.resume.remote(conn.user_id, run_id, after_seq, self.replica_id)
+                lambda: shard.resume.remote(conn.user_id, run_id, after_seq, self.replica_id),
+                SHARD_RETRY_S,
             )
         except BaseException:
             conn.abandon_replay(run_id)

@@ -13,18 +13,13 @@ fail for it. Tool writes (a todo added twice) are not repeated.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ray.exceptions import RayActorError
-
 from actors.records import TurnRecord, UserContext
-from actors.remote import RemoteCaller
+from actors.remote import RemoteCaller, until_up
 from actors.sharding import writer_for, writer_for_row
 
-logger = logging.getLogger(__name__)
 RETRY_S = 60.0  # longest a repeatable call waits for its writer to come back
 
 class PersistenceRouter:
@@ -44,18 +39,10 @@ class PersistenceRouter:
 
     async def _repeatable(self, caller: RemoteCaller, method: str, *args: Any) -> Any:
         """`caller.method(*args)`, repeated while the writer is down (up to `retry_s`)."""
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.1
-        while True:
-            try:
-                return await getattr(caller, method)(*args)
-            except RayActorError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                self.retries += 1
-                logger.warning("persistence writer down during %s; retrying", method)
-                await asyncio.sleep(delay)  # backoff while the writer restarts
-                delay = min(2.0, delay * 2)
+        return await until_up(lambda: getattr(caller, method)(*args), self.retry_s, self._retried)
+
+    def _retried(self) -> None:
+        self.retries += 1
 
     def for_user(self, user_id: str) -> RemoteCaller:
         """The writer of `user_id`'s rows."""

@@ -6,13 +6,44 @@ Light on purpose (Ray and the call batcher only): every actor process imports it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.call_batcher import BatchSend, CallBatcher
 from config import Settings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def until_up(
+    call: Callable[[], Awaitable[T]],
+    retry_s: float,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """`await call()`, tried again while its actor is down (restarting), up to `retry_s`.
+
+    Only for calls that are safe to repeat: Ray cannot say whether a call to an
+    actor that went away ran there. `on_retry` is called before each new try.
+    """
+    deadline = time.monotonic() + retry_s
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except RayActorError:
+            if time.monotonic() + delay > deadline:
+                raise
+            if on_retry is not None:
+                on_retry()
+            logger.warning("an actor is down; trying again in %.1f s", delay)
+            await asyncio.sleep(delay)  # backoff while the actor restarts
+            delay = min(2.0, delay * 2)
 
 
 class RemoteCaller:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from actors.ingress import until_up
+from actors.remote import until_up
 
 
 async def test_a_call_is_tried_again_until_its_actor_answers() -> None:
@@ -21,7 +21,9 @@ async def test_a_call_is_tried_again_until_its_actor_answers() -> None:
             raise answer
         return answer
 
-    assert await until_up(call, retry_s=30) == "answered"
+    retried: list[int] = []
+    assert await until_up(call, 30, lambda: retried.append(1)) == "answered"
+    assert len(retried) == 2
     assert calls == 3
 
 
@@ -34,7 +36,7 @@ async def test_it_gives_up_after_its_bound_and_other_errors_pass_at_once() -> No
         raise RayActorError()
 
     with pytest.raises(RayActorError):
-        await until_up(down, retry_s=0.5)
+        await until_up(down, 0.5)
     assert 2 <= calls < 10
 
     async def wrong() -> None:
@@ -44,5 +46,5 @@ async def test_it_gives_up_after_its_bound_and_other_errors_pass_at_once() -> No
 
     calls = 0
     with pytest.raises(ValueError):
-        await until_up(wrong)
+        await until_up(wrong, 30)
     assert calls == 1
