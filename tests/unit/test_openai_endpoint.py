@@ -1,7 +1,7 @@
 """The `model="openai"` path of the agent manager against a real local HTTP endpoint.
 
-A small Starlette app speaks the Chat Completions wire format (SSE when
-`stream` is true, one JSON body otherwise) and is served by uvicorn on
+The scripted fake endpoint (`tests/fake_openai.py`) speaks the Chat
+Completions wire format (SSE when `stream` is true) and is served by uvicorn on
 127.0.0.1 inside the test's own event loop. The agent manager talks to it
 through `make_model`, i.e. the Agents SDK's `OpenAIChatCompletionsModel` and a
 real `AsyncOpenAI` client, so the whole request/stream/parse path is exercised.
@@ -10,193 +10,56 @@ real `AsyncOpenAI` client, so the whole request/stream/parse path is exercised.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
-import uvicorn
 from agents import RunConfig, Runner
 from pydantic import SecretStr, ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from actors.agent_manager import AgentManager, RunOutcome, RunSpec, make_model
+from actors.agent_manager import AgentManager, make_model
 from actors.assistant_agents import ChatContext, build_agents
 from actors.events import (
+    AGENT_HANDOFF,
     FINAL_TYPES,
     MESSAGE_DELTA,
+    RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_STARTED,
+    TOOL_CALLED,
+    TOOL_OUTPUT,
     Event,
 )
-from actors.runs import ASSISTANT
+from actors.runs import ASSISTANT, ORGANIZER, RunOutcome, RunSpec
+from actors.sdk_events import EventTranslator
 from config import Settings
+from tests.fake_openai import (
+    DEFAULT_PIECES,
+    OK,
+    FakeChatCompletions,
+    drop_mid_stream,
+    error_mid_stream,
+    hold,
+    http_error,
+    serve,
+    text,
+    tool_calls,
+)
 from tests.unit.fakes import FakeObserver, FakeServices, FakeStore
 
 API_KEY = "sk-test-raychat-123"
 MODEL_NAME = "fake-chat-model"
-REPLY_PIECES = ["Hello", " from", " the", " fake", " endpoint", ", friend!"]
+REPLY_PIECES = list(DEFAULT_PIECES)
 REPLY = "".join(REPLY_PIECES)
 REPLICA = "replica-1"
-SERVER_START_BOUND_S = 10.0  # safety bound only; startup normally takes a few loop turns
 POLL_BOUND_S = 10.0  # safety bound only: a poll that sees nothing this long means a hang
 
-# What the fake endpoint does with one request (consumed in order, then OK forever).
-OK = "ok"
-FAIL_500 = "fail-500"  # HTTP 500; the client may retry (retry-after-ms: 1 keeps it fast)
-FAIL_500_FINAL = "fail-500-final"  # HTTP 500 with x-should-retry: false
-ABORT_MID_STREAM = "abort-mid-stream"  # two content chunks, then the connection drops
-
-
-class _AbortStream(Exception):
-    """Raised inside the SSE body to make uvicorn drop the connection mid-response."""
-
-
-# -- the fake OpenAI-compatible endpoint ---------------------------------------
-
-
-@dataclass
-class FakeChatCompletions:
-    """A scripted `/v1/chat/completions` endpoint that records what it is sent."""
-
-    pieces: list[str] = field(default_factory=lambda: list(REPLY_PIECES))
-    script: list[str] = field(default_factory=list)
-    always_send_usage: bool = False
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
-    outcomes: list[str] = field(default_factory=list)
-    # Streams: each chunk waits for `release` when set (streams stay open meanwhile).
-    release: asyncio.Event | None = None
-    in_flight: int = 0
-    max_in_flight: int = 0
-    arrivals: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    @property
-    def reply(self) -> str:
-        return "".join(self.pieces)
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/chat/completions", self._handle, methods=["POST"])])
-
-    async def _handle(self, request: Request) -> Response:
-        body = await request.json()
-        self.bodies.append(body)
-        self.authorizations.append(request.headers.get("authorization"))
-        behaviour = self.script.pop(0) if self.script else OK
-        self.outcomes.append(behaviour)
-        completion_id = f"chatcmpl-fake-{next(self._ids)}"
-        model = body.get("model", "")
-        if behaviour in (FAIL_500, FAIL_500_FINAL):
-            headers = (
-                {"x-should-retry": "false"}
-                if behaviour == FAIL_500_FINAL
-                else {"retry-after-ms": "1"}
-            )
-            error = {"message": "boom", "type": "server_error", "param": None, "code": None}
-            return JSONResponse({"error": error}, status_code=500, headers=headers)
-        if not body.get("stream"):
-            return JSONResponse(self._completion(completion_id, model))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        abort = behaviour == ABORT_MID_STREAM
-        return StreamingResponse(
-            self._sse(completion_id, model, include_usage or self.always_send_usage, abort),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-cache"},
-        )
-
-    def _usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": 7,
-            "completion_tokens": len(self.pieces),
-            "total_tokens": 7 + len(self.pieces),
-        }
-
-    def _completion(self, completion_id: str, model: str) -> dict[str, Any]:
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.reply, "refusal": None},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": self._usage(),
-        }
-
-    def _chunk(
-        self,
-        completion_id: str,
-        model: str,
-        delta: dict[str, Any] | None,
-        finish_reason: str | None = None,
-        usage: dict[str, int] | None = None,
-    ) -> str:
-        chunk: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "choices": []
-            if delta is None
-            else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }
-        if usage is not None:
-            chunk["usage"] = usage
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    async def _sse(
-        self, completion_id: str, model: str, usage: bool, abort: bool
-    ) -> AsyncIterator[str]:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        async with self.arrivals:
-            self.arrivals.notify_all()
-        try:
-            async for chunk in self._sse_chunks(completion_id, model, usage, abort):
-                if self.release is not None:
-                    await self.release.wait()
-                yield chunk
-        finally:
-            self.in_flight -= 1
-
-    async def _sse_chunks(
-        self, completion_id: str, model: str, usage: bool, abort: bool
-    ) -> AsyncIterator[str]:
-        yield self._chunk(completion_id, model, {"role": "assistant", "content": ""})
-        for index, piece in enumerate(self.pieces):
-            if abort and index == 2:
-                raise _AbortStream("the fake endpoint drops the connection mid-stream")
-            yield self._chunk(completion_id, model, {"content": piece})
-        yield self._chunk(completion_id, model, {}, finish_reason="stop")
-        if usage:
-            yield self._chunk(completion_id, model, None, usage=self._usage())
-        yield "data: [DONE]\n\n"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server with an event set once it is listening."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets=sockets)
-        self.ready.set()
+FAIL_500 = http_error(500)  # the client may retry (retry-after-ms: 1 keeps it fast)
+FAIL_500_FINAL = http_error(500, retry=False)  # x-should-retry: false
+ABORT_MID_STREAM = drop_mid_stream(after=2)  # two content chunks, then the connection drops
 
 
 @dataclass
@@ -213,25 +76,8 @@ def _no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def endpoint() -> AsyncIterator[Endpoint]:
     fake = FakeChatCompletions()
-    server = _Server(
-        uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    task = asyncio.get_running_loop().create_task(server.serve(), name="fake-openai-server")
-    ready = asyncio.get_running_loop().create_task(server.ready.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {task, ready}, timeout=SERVER_START_BOUND_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        if ready not in done:
-            if task.done():
-                task.result()  # surface the startup error
-            raise RuntimeError("the fake OpenAI server did not start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Endpoint(fake=fake, base_url=f"http://127.0.0.1:{port}/v1")
-    finally:
-        ready.cancel()
-        server.should_exit = True
-        await task
+    async with serve(fake) as base_url:
+        yield Endpoint(fake=fake, base_url=base_url)
 
 
 @dataclass
@@ -280,8 +126,16 @@ def spec(run_id: str, text: str, reply_message_id: int) -> RunSpec:
     )
 
 
-async def run_and_collect(manager: AgentManager, run: RunSpec) -> tuple[RunOutcome, list[Event]]:
-    """Run a turn while long-polling its events, as an ingress replica would."""
+async def run_and_collect(
+    manager: AgentManager,
+    run: RunSpec,
+    when: Callable[[list[Event]], bool] | None = None,
+    then: Callable[[], Awaitable[Any]] | None = None,
+) -> tuple[RunOutcome, list[Event]]:
+    """Run a turn while long-polling its events, as an ingress replica would.
+
+    Once the events so far satisfy `when`, `then` is awaited (once).
+    """
     task = asyncio.get_running_loop().create_task(manager.run_turn(run))
     events: list[Event] = []
     try:
@@ -293,6 +147,10 @@ async def run_and_collect(manager: AgentManager, run: RunSpec) -> tuple[RunOutco
                 decoded = [orjson.loads(item) for item in encoded]
                 assert decoded[0]["seq"] == first_seq
                 events.extend(decoded)
+            if when is not None and then is not None and when(events):
+                when = None
+                await then()
+        assert when is None, f"the run ended before the condition held: {events}"
         outcome = await task
     finally:
         if not task.done():  # only when an assertion above failed
@@ -498,6 +356,203 @@ async def test_requests_beyond_the_concurrency_cap_wait_instead_of_flooding(
         endpoint.fake.release.set()
         replies = await asyncio.wait_for(asyncio.gather(*streams), POLL_BOUND_S)
     finally:
-        await model.close()  # type: ignore[attr-defined]
+        await model.close()
     assert replies == [REPLY] * 5
     assert (endpoint.fake.max_in_flight, len(endpoint.fake.bodies)) == (2, 5)
+
+
+def tool_names(body: dict[str, Any]) -> set[str]:
+    return {tool["function"]["name"] for tool in body.get("tools", [])}
+
+
+def non_deltas(events: list[Event]) -> list[tuple[Any, ...]]:
+    """The events other than deltas, without run_id and seq."""
+    return [
+        tuple(v for k, v in e.items() if k not in ("run_id", "seq"))
+        for e in events
+        if e["type"] != MESSAGE_DELTA
+    ]
+
+
+async def assert_disconnected(fake: FakeChatCompletions) -> None:
+    """The endpoint saw the client of its one request go away (bounded wait)."""
+    closed = await fake.until(lambda: fake.ends == ["disconnected"], POLL_BOUND_S)
+    assert closed, f"the upstream stream is not closed: {fake.ends}"
+
+
+async def test_streamed_tool_calls_and_a_handoff_become_run_events(
+    endpoint: Endpoint, harness: Harness
+) -> None:
+    # The assistant says a word and hands off; the organizer calls add_todo; with the
+    # tool's output in the next request, the organizer answers in text.
+    endpoint.fake.script = [
+        tool_calls(("transfer_to_organizer", {}), pieces=("One moment. ",)),
+        tool_calls(("add_todo", {"text": "buy milk"})),
+        text("Added", " 'buy milk'", " to your list."),
+    ]
+
+    outcome, events = await run_and_collect(
+        harness.manager, spec("run-tools", "remind me to buy milk", 21)
+    )
+
+    reply = "One moment. Added 'buy milk' to your list."  # the text of every model turn
+    todo = {"id": 1, "text": "buy milk", "done": False}
+    assert non_deltas(events) == [
+        (RUN_STARTED, ASSISTANT),
+        (AGENT_HANDOFF, ORGANIZER),
+        (TOOL_CALLED, "add_todo", {"text": "buy milk"}),
+        (TOOL_OUTPUT, "add_todo", todo),
+        (RUN_COMPLETED, 21, reply),
+    ]
+    assert delta_text(events) == reply
+    assert outcome == RunOutcome("run-tools", "completed", reply, 21)
+    assert harness.store.finished == [(21, reply, "completed", events[-1]["seq"], None)]
+    assert harness.observer.invalidated == ["user-1"]  # the tool changed the user's context
+
+    # Each request carried what the one before produced.
+    first, second, third = endpoint.fake.bodies
+    assert "transfer_to_organizer" in tool_names(first)
+    assert "add_todo" in tool_names(second)
+    assert [m["role"] for m in second["messages"]][-2:] == ["assistant", "tool"]
+    (call,) = third["messages"][-2]["tool_calls"]
+    assert call["function"]["name"] == "add_todo"
+    assert third["messages"][-1]["role"] == "tool"
+    assert third["messages"][-1]["tool_call_id"] == call["id"]
+    assert orjson.loads(third["messages"][-1]["content"]) == todo
+
+
+async def test_a_429_is_retried_and_the_run_succeeds(endpoint: Endpoint, harness: Harness) -> None:
+    assert harness.max_retries == Settings(model="openai", openai_model="m").openai_max_retries > 0
+    rate_limited = http_error(429, retry_after_ms=50)
+    endpoint.fake.script = [rate_limited]
+
+    outcome, events = await run_and_collect(harness.manager, spec("run-429", "hi", 30))
+
+    assert endpoint.fake.outcomes == [rate_limited, OK]  # both requests reached the endpoint
+    assert endpoint.fake.bodies[0] == endpoint.fake.bodies[1]
+    assert outcome == RunOutcome("run-429", "completed", REPLY, 30)
+    assert non_deltas(events) == [(RUN_STARTED, ASSISTANT), (RUN_COMPLETED, 30, REPLY)]
+
+
+async def test_without_retries_a_429_fails_the_run(endpoint: Endpoint) -> None:
+    settings = openai_settings(endpoint.base_url).model_copy(update={"openai_max_retries": 0})
+    store = FakeStore()
+    manager = AgentManager(settings, services=FakeServices(), store=store)
+    endpoint.fake.script = [http_error(429)]
+    try:
+        outcome, events = await run_and_collect(manager, spec("run-429-once", "hi", 31))
+    finally:
+        await manager.stop()
+
+    assert len(endpoint.fake.served) == 1
+    assert events[-1]["type"] == RUN_FAILED
+    assert events[-1]["error"]["code"] == "model_error"
+    assert store.finished == [(31, "", "failed", events[-1]["seq"], "model_error")]
+
+
+async def test_an_error_event_mid_stream_fails_the_run_and_keeps_the_partial_text(
+    endpoint: Endpoint, harness: Harness
+) -> None:
+    endpoint.fake.script = [error_mid_stream(after=3)]
+
+    outcome, events = await run_and_collect(harness.manager, spec("run-mid-500", "tell me", 32))
+
+    partial = "".join(REPLY_PIECES[:3])
+    assert endpoint.fake.ends == ["errored"]  # a started stream is not retried
+    assert delta_text(events) == partial
+    assert events[-1]["type"] == RUN_FAILED
+    assert events[-1]["error"]["code"] == "model_error"
+    assert outcome == RunOutcome("run-mid-500", "failed", partial, 32)
+    assert harness.store.finished == [(32, partial, "failed", events[-1]["seq"], "model_error")]
+
+
+async def test_cancel_closes_the_upstream_stream(endpoint: Endpoint, harness: Harness) -> None:
+    endpoint.fake.script = [hold(after=2)]  # two chunks, then the stream stays open
+    partial = "".join(REPLY_PIECES[:2])
+    run = spec("run-cancel", "tell me a long story", 33)
+
+    outcome, events = await run_and_collect(
+        harness.manager,
+        run,
+        when=lambda seen: delta_text(seen) == partial,
+        then=lambda: harness.manager.cancel(run.run_id),
+    )
+
+    assert events[-1] == {
+        "type": RUN_CANCELLED,
+        "message_id": 33,
+        "text": partial,
+        "run_id": run.run_id,
+        "seq": events[-1]["seq"],
+    }
+    assert outcome == RunOutcome(run.run_id, "cancelled", partial, 33)
+    assert harness.store.finished == [(33, partial, "cancelled", events[-1]["seq"], None)]
+    # The endpoint saw the client go away: the held stream was cancelled, not left open.
+    fake = endpoint.fake
+    await assert_disconnected(fake)
+    assert fake.in_flight == 0
+
+
+async def test_cancel_before_the_first_token_closes_the_upstream_stream(
+    endpoint: Endpoint, harness: Harness
+) -> None:
+    fake = endpoint.fake
+    fake.script = [hold(after=0)]  # the stream opens, then no token comes
+    run = spec("run-cancel-early", "think hard", 34)
+    collecting = asyncio.ensure_future(run_and_collect(harness.manager, run))
+    try:
+        arrived = await fake.until(lambda: len(fake.served) == 1, POLL_BOUND_S)
+        assert arrived, "the request never reached the endpoint"
+        assert await harness.manager.cancel(run.run_id)
+        outcome, events = await asyncio.wait_for(collecting, POLL_BOUND_S)
+    finally:
+        collecting.cancel()
+
+    assert outcome == RunOutcome(run.run_id, "cancelled", "", 34)
+    assert non_deltas(events) == [(RUN_STARTED, ASSISTANT), (RUN_CANCELLED, 34, "")]
+    await assert_disconnected(fake)
+
+
+async def test_a_run_timeout_fails_the_run_and_closes_the_upstream_stream(
+    endpoint: Endpoint,
+) -> None:
+    settings = openai_settings(endpoint.base_url).model_copy(update={"run_timeout_s": 0.5})
+    store = FakeStore()
+    manager = AgentManager(settings, services=FakeServices(), store=store)
+    fake = endpoint.fake
+    fake.script = [hold(after=1)]  # one chunk, then nothing until the client goes away
+    try:
+        outcome, events = await run_and_collect(manager, spec("run-slow", "think hard", 35))
+        await assert_disconnected(fake)
+    finally:
+        await manager.stop()
+
+    partial = REPLY_PIECES[0]
+    assert events[-1]["type"] == RUN_FAILED
+    assert events[-1]["error"]["code"] == "timeout"
+    assert outcome == RunOutcome("run-slow", "failed", partial, 35)
+    assert store.finished == [(35, partial, "failed", events[-1]["seq"], "timeout")]
+
+
+async def test_an_error_of_ours_mid_run_closes_the_upstream_stream(
+    endpoint: Endpoint, harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failure in the manager's own handling of an event (here: translating it)
+    # ends the run as failed and must not leave the SDK run and its stream going.
+    translate = EventTranslator.translate
+
+    def fail_on_text(self: EventTranslator, event: Any) -> list[Event]:
+        events = translate(self, event)
+        if any(e["type"] == MESSAGE_DELTA for e in events):
+            raise RuntimeError("translation failed")
+        return events
+
+    monkeypatch.setattr(EventTranslator, "translate", fail_on_text)
+    fake = endpoint.fake
+    fake.script = [hold(after=1)]
+
+    outcome, events = await run_and_collect(harness.manager, spec("run-ours", "hi", 36))
+
+    assert events[-1]["type"] == RUN_FAILED
+    assert outcome == RunOutcome("run-ours", "failed", "", 36)
+    await assert_disconnected(fake)
