@@ -1,4 +1,5 @@
-"""The `raychat` command: `raychat token USER_ID [--admin]`, `raychat drain`, `raychat bench`."""
+"""The `raychat` command: `raychat token USER_ID [--admin]`, `raychat drain`, `raychat bench`,
+`raychat chat`."""
 
 from __future__ import annotations
 
@@ -26,12 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "bench", add_help=False, help="run the benchmark suite (raychat bench --help for options)"
     )
+    commands.add_parser(
+        "chat", add_help=False, help="chat in the terminal (raychat chat --help for options)"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         # Imported by name: the suite's own dependencies (tqdm, psutil, matplotlib; the
         # `bench` extra) stay out of the service's import graph and of its type check.
         bench = importlib.import_module("benchmarks.cli")
         return int(bench.main(rest))
+    if args.command == "chat":
+        # Imported here: the other commands need neither rich nor websockets.
+        from actors.chat_terminal_app import main as chat
+
+        return chat(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "drain":
