@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from actors import metrics
 from actors.stats import LatencyWindow
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class GroupCommitter(Generic[C]):
                     self._queue.task_done()
 
     async def _commit(self, batch: list[_Pending[C]]) -> None:
+        began = time.monotonic()
         try:
             async with self._transaction() as conn:
                 results = [await item.op(conn) for item in batch]
@@ -139,11 +141,13 @@ class GroupCommitter(Generic[C]):
             return
         self.batches += 1
         now = time.monotonic()
-        for item, result in zip(batch, results, strict=True):
+        lags_s = [now - item.queued_at for item in batch]
+        for item, result, lag_s in zip(batch, results, lags_s, strict=True):
             self.written += 1
-            self.lag_ms.add((now - item.queued_at) * 1000)
+            self.lag_ms.add(lag_s * 1000)
             if not item.future.done():
                 item.future.set_result(result)
+        metrics.committed(now - began, lags_s, self.queue_depth)
 
     def _fail(self, item: _Pending[C], exc: BaseException) -> None:
         self.failed += 1

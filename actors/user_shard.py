@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from actors import metrics
 from actors.call_batcher import settle_each
 from actors.errors import BadRequest, Busy, NotFound, RateLimited, RaychatError, Unavailable
 from actors.events import (
@@ -29,6 +30,7 @@ from actors.events import (
 )
 from actors.rate_limit import TokenBucket
 from actors.records import TurnRecord, UserContext
+from actors.replica_reports import ReplicaReports
 from actors.runs import SHUTDOWN_MESSAGE, RunOutcome, RunSpec
 from actors.sharding import shard_for
 from actors.ttl_cache import TTLCache
@@ -199,6 +201,9 @@ class UserShard:
             "drained": 0,
         }
         self.connections = {"opened": 0, "closed": 0}
+        # Ingress replicas' counters, sent with their `ensure_ready` calls (service-wide stats).
+        self.replicas = ReplicaReports(live_s=max(5.0, 5 * settings.agent_check_s), clock=clock)
+        self._exporter = metrics.CountExporter(clock=clock)
 
     # -- presence ---------------------------------------------------------
     async def connect(self, user_id: str, replica_id: str, limit: int | None = None) -> bool:
@@ -631,16 +636,32 @@ class UserShard:
             self._watch_agents()
         logger.warning("shard %d recovered %d runs (%d running)", self.index, len(rows), len(held))
 
-    async def ensure_ready(self) -> bool:
+    async def ensure_ready(self, report: dict[str, Any] | None = None) -> bool:
         """Rebuild from the database now if this shard has (re)started.
 
         Ingress replicas call it periodically, so a restarted shard settles the
         runs it lost without waiting for one of its users to send something.
         False once a drain has finished: the replicas then close their sockets
-        with 1001.
+        with 1001. `report`: the calling replica's counters (`ReplicaReports`).
         """
         await self._ready()
+        if report is not None:
+            self.replicas.put(report)
+        if self._exporter.due():
+            self._export_metrics()
         return not self._sockets_closing
+
+    def _export_metrics(self) -> None:
+        metrics.export_shard(
+            self._exporter,
+            queued=sum(len(lane.queue) for lane in self._lanes.values()),
+            caches={
+                "user_context": (self.contexts.hits, self.contexts.misses),
+                "session": (self.session_hits, self.session_misses),
+            },
+            lost=self.counts["lost"],
+            drained=self.counts["drained"],
+        )
 
     def close_sockets(self) -> None:
         """The drain is done: from now on `ensure_ready` tells replicas to close sockets."""
@@ -917,4 +938,5 @@ class UserShard:
                 "misses": self.session_misses,
                 "hit_rate": round(self.session_hits / session_total, 4) if session_total else 0.0,
             },
+            "replicas": self.replicas.live(),
         }
