@@ -10,15 +10,19 @@ from typing import Annotated, Any
 
 import ray
 from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from actors import metrics
 from actors.auth import Identity, TokenCodec, bearer_token, codec_for
 from actors.errors import AuthError
 from actors.factory import ensure_actors, sized_settings
 from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.messages import SESSION_ID_PATTERN
+from actors.openai_http import chat_completions, list_models
 from actors.replica_drain import serve_replica_stopping
+from actors.web import asset, index_page
+from actors.web.dev_token import DevTokenGate, DevTokenRequest
 from config import Settings
 from config.serve_env import apply_serve_defaults, serve_ingress, stop_orphaned_haproxies
 
@@ -77,6 +81,7 @@ class RaychatIngress:
         )
         await self.core.wait_ready()
         self.core.start()
+        self.dev_tokens = DevTokenGate()
         logger.info(
             "ready: %d shard and %d agent actors, Serve ingress: %s",
             self.settings.shard_count,
@@ -117,6 +122,7 @@ class RaychatIngress:
         try:
             await websocket.accept()
             if self.core.going_away:  # this replica is stopping: try another
+                metrics.socket_closed(CLOSE_GOING_AWAY)
                 await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
                 return
             token = _token(
@@ -125,6 +131,7 @@ class RaychatIngress:
             try:
                 identity = self.codec.verify(token)
             except AuthError:
+                metrics.socket_closed(CLOSE_UNAUTHENTICATED)
                 await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
                 return
             await self.core.serve_socket(websocket, identity)
@@ -138,6 +145,7 @@ class RaychatIngress:
             await websocket.send_denial_response(JSONResponse(body, status_code=503))
         else:
             await websocket.accept()
+            metrics.socket_closed(CLOSE_TRY_AGAIN_LATER)
             await websocket.close(CLOSE_TRY_AGAIN_LATER, "too many open sockets")
 
     @api.get("/api/websocket/performance/stats")
@@ -171,6 +179,39 @@ class RaychatIngress:
         """A session's messages, oldest first (the session owner's token)."""
         identity = self._http_identity(request)
         return await self.core.history(identity.user_id, session_id, limit, before)
+
+    @api.get("/v1/models")
+    async def openai_models(self, request: Request) -> Response:
+        """OpenAI-compatible: the models (raychat's agents) a client may pick."""
+        return await list_models(self.codec, request)
+
+    @api.post("/v1/chat/completions")
+    async def openai_chat_completions(self, request: Request) -> Response:
+        """OpenAI-compatible: one chat turn, streamed (SSE) or whole."""
+        return await chat_completions(self.core, self.codec, request)
+
+    @api.get("/", include_in_schema=False)
+    async def page(self, request: Request) -> HTMLResponse:
+        """The chat page."""
+        return index_page(request.scope.get("root_path", ""))
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static_asset(self, name: str) -> FileResponse:
+        """The chat page's scripts and styles."""
+        return asset(name)
+
+    @api.get("/api/dev-token")
+    async def dev_token_available(self, request: Request) -> dict[str, bool]:
+        """Whether this caller may get a dev token (the page then offers a dev user name)."""
+        return {"available": await self.dev_tokens.refusal(request) is None}
+
+    @api.post("/api/dev-token")
+    async def dev_token(self, body: DevTokenRequest, request: Request) -> dict[str, str]:
+        """A user token for a name, only while Serve listens on loopback, to local callers."""
+        refusal = await self.dev_tokens.refusal(request)
+        if refusal is not None:
+            raise HTTPException(status_code=403, detail=refusal)
+        return {"token": self.codec.issue(body.user_id)}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -21,6 +21,7 @@ from typing import Any
 from agents import Agent, Model, RunConfig, Runner
 from agents.result import RunResultStreaming
 
+from actors import metrics
 from actors.assistant_agents import ChatContext, ToolServices, build_agents, per_run_copy
 from actors.call_batcher import settle_each
 from actors.errors import Unavailable
@@ -175,6 +176,7 @@ class AgentManager:
         )
         self._tasks[spec.run_id] = task
         task.add_done_callback(self._forget_task)
+        metrics.runs_active(len(self._tasks))
 
     async def start_runs(self, calls: list[tuple[RunSpec]]) -> list[Any]:
         """`start_run` for each argument tuple, in one call; each one's None or error."""
@@ -206,6 +208,7 @@ class AgentManager:
     def _forget_task(self, task: asyncio.Task[RunOutcome]) -> None:
         run_id = task.get_name().removeprefix("run-")
         self._tasks.pop(run_id, None)
+        metrics.runs_active(len(self._tasks))
         self._report_requested.discard(run_id)
         if task.cancelled():
             return
@@ -253,6 +256,7 @@ class AgentManager:
         translator = EventTranslator(agent=spec.agent)
         status, error = "completed", None
         first_delta_at: float | None = None
+        last_delta_at = 0.0
         if spec.cancelled:
             return await self._finish(spec, "cancelled", None, started, None)
         try:
@@ -279,8 +283,13 @@ class AgentManager:
             async with asyncio.timeout(self._settings.run_timeout_s):
                 async for sdk_event in stream.stream_events():
                     for event in translator.translate(sdk_event):
-                        if event["type"] == MESSAGE_DELTA and first_delta_at is None:
-                            first_delta_at = self._clock()
+                        if event["type"] == MESSAGE_DELTA:
+                            now = self._clock()
+                            if first_delta_at is None:
+                                first_delta_at = now
+                            else:
+                                metrics.delta_gap(now - last_delta_at)
+                            last_delta_at = now
                         self.hub.emit(spec.run_id, event)
             if spec.run_id in self._shutdown:
                 status, error = "failed", ("shutdown", SHUTDOWN_MESSAGE)
@@ -293,7 +302,10 @@ class AgentManager:
             logger.exception("run %s failed", spec.run_id)
             status, error = "failed", ("model_error", f"the agent run failed: {type(exc).__name__}")
         finally:
-            self._streams.pop(spec.run_id, None)
+            open_stream = self._streams.pop(spec.run_id, None)
+            if open_stream is not None and not open_stream.is_complete:
+                # Left early (an error of ours): stop the SDK run and its upstream request.
+                open_stream.cancel(mode="immediate")
             self._cancel_requested.discard(spec.run_id)
             self._shutdown.discard(spec.run_id)
         return await self._finish(spec, status, error, started, first_delta_at)
@@ -336,6 +348,8 @@ class AgentManager:
         self.processing_ms.add((now - started) * 1000)
         if first_delta_at is not None:
             self.ttft_ms.add((first_delta_at - started) * 1000)
+        ttft_s = None if first_delta_at is None else first_delta_at - started
+        metrics.run_ended(status, spec.agent, now - started, ttft_s, error[0] if error else None)
         return outcome
 
     # -- start-up ---------------------------------------------------------

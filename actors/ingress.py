@@ -19,15 +19,18 @@ from typing import Any
 from ray.exceptions import RayActorError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from actors import metrics
 from actors.auth import Identity
 from actors.connection import Connection
 from actors.errors import NotReady, RateLimited, RaychatError
 from actors.event_hub import PollBatch
 from actors.events import Event, error_event
 from actors.factory import ActorHandles
+from actors.http_turn import HttpTurn
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume, parse_frame
 from actors.rate_limit import TokenBucket
 from actors.remote import RemoteCaller, until_up
+from actors.replica_reports import merge_ingress
 from actors.stats_report import merge_persistence, merge_stats
 from actors.user_shard import ChatRequest
 from config import Settings
@@ -39,6 +42,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_LARGE = 1009
 CLOSE_POLICY = 1008
 CLOSE_GOING_AWAY = 1001
+CLOSE_ABNORMAL = 1006  # (metrics) a socket that ended without a close code seen here
 ENDS_KEPT_PER_USER = 64
 STOPPING_CHECK_S = 0.2
 
@@ -78,6 +82,8 @@ class IngressCore:
         self._pollers: list[asyncio.Task[None]] = []
         self._sockets: set[WebSocket] = set()
         self._going: set[WebSocket] = set()  # closed with 1001 (or being closed)
+        self._closed_with: dict[WebSocket, int] = {}  # close code (either side), for metrics
+        self._report_seq = 0  # numbers this replica's reports to the shards
         self.counters = dict.fromkeys(
             (
                 "opened",
@@ -162,8 +168,10 @@ class IngressCore:
         """
         while True:
             await asyncio.sleep(self.settings.agent_check_s)  # a periodic check
+            self._report_seq += 1
+            report = self._local_stats()  # this replica's counters, for service-wide stats
             results = await asyncio.gather(
-                *(shard.ensure_ready.remote() for shard in self.handles.shards),
+                *(shard.ensure_ready.remote(report) for shard in self.handles.shards),
                 return_exceptions=True,
             )
             for index, result in enumerate(results):
@@ -182,6 +190,7 @@ class IngressCore:
         if websocket in self._going:
             return
         self._going.add(websocket)
+        self._closed_with.setdefault(websocket, CLOSE_GOING_AWAY)
         try:  # bounded: a client that stopped reading must not hold the others up
             await asyncio.wait_for(websocket.close(CLOSE_GOING_AWAY, "server shutting down"), 2.0)
         except Exception:  # the client may have gone already
@@ -250,6 +259,7 @@ class IngressCore:
         """Uncount a socket that `admit` counted (idempotent)."""
         self._sockets.discard(websocket)
         self._going.discard(websocket)
+        self._closed_with.pop(websocket, None)
 
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
         """Run one authenticated, accepted socket (counted by `admit`) until it closes."""
@@ -277,10 +287,12 @@ class IngressCore:
             connecting.add_done_callback(lambda _: self._undo_connect(connecting, shard, user_id))
             raise
         if not admitted:
+            metrics.socket_closed(CLOSE_POLICY)
             await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
             return
         self._users.setdefault(user_id, set()).add(conn)
         self.counters["opened"] += 1
+        metrics.socket_opened(len(self._sockets))
         loop = asyncio.get_running_loop()
         sender = loop.create_task(conn.run_sender(), name="ws-sender")
         supervisor = loop.create_task(self._supervise(websocket, conn), name="ws-supervisor")
@@ -288,8 +300,8 @@ class IngressCore:
             if self.going_away:  # admitted while the replica began to stop
                 await self._going_away(websocket)
             await self._receive_loop(websocket, conn)
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            self._closed_with.setdefault(websocket, exc.code)
         finally:
             # Submit the disconnect first: if this handler is being cancelled, the
             # awaits below may not run, but the shard still learns of the close.
@@ -301,7 +313,9 @@ class IngressCore:
                 if not users:
                     del self._users[user_id]
                     self._ended.pop(user_id, None)
+            code = self._closed_with.get(websocket, CLOSE_ABNORMAL)
             self.release(websocket)
+            metrics.socket_closed(code, len(self._sockets))
             for task in (sender, supervisor):
                 task.cancel()
             for result in await asyncio.gather(sender, supervisor, return_exceptions=True):
@@ -325,6 +339,7 @@ class IngressCore:
             conn.wakeup.clear()
             if conn.overflowed.is_set():
                 self.counters["slow_closed"] += 1
+                self._closed_with.setdefault(websocket, CLOSE_POLICY)
                 logger.warning("closing a socket of %s: it stopped reading", conn.user_id)
                 await websocket.close(CLOSE_POLICY, "client is not reading")
                 return
@@ -345,14 +360,18 @@ class IngressCore:
                 if time.monotonic() - conn.last_progress < idle_s:
                     continue  # the socket is streaming to the client: not idle
                 self.counters["idle_closed"] += 1
+                self._closed_with.setdefault(websocket, CLOSE_NORMAL)
                 await websocket.close(CLOSE_NORMAL, "idle timeout")
                 return
+            if message["type"] == "websocket.disconnect":
+                self._closed_with.setdefault(websocket, message.get("code", CLOSE_NORMAL))
             if message["type"] == "websocket.disconnect" or websocket in self._going:
                 return  # closed with 1001: nothing more is taken from it
             self.counters["frames"] += 1
             wait_s = frames.take()
             if wait_s > 0:
                 self.counters["errors"] += 1
+                metrics.error_sent("rate_limited")
                 conn.send_event(
                     error_event("rate_limited", "too many frames", retry_after=round(wait_s, 3))
                 )
@@ -360,11 +379,13 @@ class IngressCore:
             text = message.get("text")
             if text is None:
                 self.counters["errors"] += 1
+                metrics.error_sent("bad_request")
                 conn.send_event(error_event("bad_request", "send JSON text frames, not binary"))
                 continue
             if len(text) > self.settings.max_frame_bytes or (
                 len(text.encode("utf-8", "surrogatepass")) > self.settings.max_frame_bytes
             ):
+                self._closed_with.setdefault(websocket, CLOSE_TOO_LARGE)
                 await websocket.close(CLOSE_TOO_LARGE, "frame too large")
                 return
             await self.handle_frame(conn, text)
@@ -375,6 +396,7 @@ class IngressCore:
             message = parse_frame(text, max_text_chars=self.settings.max_text_chars)
         except RaychatError as exc:
             self.counters["errors"] += 1
+            metrics.error_sent(exc.code)
             conn.send_event(error_event(exc.code, exc.message))
             return
         try:
@@ -383,6 +405,11 @@ class IngressCore:
             cause = remote_cause(exc)
             ref = getattr(message, "run_id", None) or getattr(message, "client_msg_id", None)
             self.counters["errors"] += 1
+            if isinstance(cause, RaychatError):
+                metrics.error_sent(cause.code)
+            else:
+                unavailable = isinstance(cause, RayActorError)
+                metrics.error_sent("unavailable" if unavailable else "internal")
             if isinstance(cause, RateLimited):
                 event = error_event(cause.code, cause.message, ref, retry_after=cause.retry_after)
                 conn.send_event(event)
@@ -396,14 +423,16 @@ class IngressCore:
                 logger.error("handling a %s frame failed", message.type, exc_info=exc)
                 conn.send_event(error_event("internal", "the server could not handle that", ref))
 
-    async def _act(self, conn: Connection, message: ClientMessage) -> None:
+    async def _act(
+        self, conn: Connection, message: ClientMessage, run_id: str | None = None
+    ) -> None:
         shard = self.handles.shard(conn.user_id)
         if isinstance(message, Ping):
             conn.send_event({"type": "pong"})
         elif isinstance(message, Chat):
             request = ChatRequest(
                 user_id=conn.user_id,
-                run_id=uuid.uuid4().hex,
+                run_id=run_id or uuid.uuid4().hex,
                 text=message.text,
                 replica_id=self.replica_id,
                 session_id=message.session_id,
@@ -438,9 +467,11 @@ class IngressCore:
             if events and events[0].get("duplicate"):
                 await self.resume(conn, events[0]["run_id"], events[0]["seq"])
         elif isinstance(message, Cancel):
+            metrics.cancelled()
             for event in await shard.cancel.remote(conn.user_id, message.run_id):
                 conn.send_event(event)
         elif isinstance(message, Resume):
+            metrics.resumed()
             await self.resume(conn, message.run_id, message.after_seq)
 
     async def _resent_turn(self, conn: Connection, accepted: Event) -> None:
@@ -465,17 +496,70 @@ class IngressCore:
             raise
         conn.finish_replay(run_id, after_seq, events)
 
+    # -- HTTP turns (the OpenAI-compatible door) -------------------------------------
+    async def http_turn(self, user_id: str, message: Chat) -> HttpTurn:
+        """Run one `chat` for an HTTP request exactly as a socket's; the turn yields its events.
+
+        The turn is registered for the user like a socket before the chat goes
+        to the shard, so `dispatch` delivers its run's events to it. Raises what
+        the chat raised (rate limited, busy, bad request, ...), with nothing
+        left registered. The caller iterates the turn, then `aclose`s it.
+        """
+        turn = HttpTurn(
+            user_id,
+            uuid.uuid4().hex,
+            queue_max=self.settings.outbound_queue_max,
+            stuck_s=self.settings.stuck_timeout_s,
+            resume=self.resume,
+            finish=self._finish_http_turn,
+        )
+        self._users.setdefault(user_id, set()).add(turn.conn)
+        turn.start()
+        try:
+            await self._act(turn.conn, message, run_id=turn.run_id)
+        except BaseException:
+            await turn.aclose(cancel=False)
+            raise
+        return turn
+
+    async def _finish_http_turn(self, turn: HttpTurn, cancel: bool) -> None:
+        """Unregister an HTTP turn; cancel its run if its response went away before the end."""
+        users = self._users.get(turn.user_id)
+        if users is not None:
+            users.discard(turn.conn)
+            if not users:
+                del self._users[turn.user_id]
+                self._ended.pop(turn.user_id, None)
+        if not cancel:
+            return
+        # Submitted before the first await: it goes out even if this caller is cancelled.
+        cancelled = self.handles.shard(turn.user_id).cancel.remote(turn.user_id, turn.run_id)
+        try:
+            await cancelled
+        except Exception:
+            logger.warning("could not cancel run %s of a gone response", turn.run_id, exc_info=True)
+
     # -- HTTP endpoints ------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
-        """The statistics document of PROTOCOL.md."""
+        """The statistics document of PROTOCOL.md, for the whole service.
+
+        Its `ingress` section adds up this replica's counters and the latest
+        ones every other live replica reported to the shards (`merge_ingress`).
+        """
         shard_refs = [shard.stats.remote() for shard in self.handles.shards]
         agent_refs = [agent.stats.remote() for agent in self.handles.agents]
         shards = await asyncio.gather(*shard_refs)
         agents = await asyncio.gather(*agent_refs)
         writers = await asyncio.gather(*(w.stats.remote() for w in self.handles.writers))
+        ingress = merge_ingress(self._local_stats(), [s.get("replicas", {}) for s in shards])
+        return merge_stats(list(shards), list(agents), merge_persistence(list(writers)), ingress)
+
+    def _local_stats(self) -> dict[str, Any]:
+        """This replica's own counters (its report to the shards)."""
         conns = [conn for user_conns in self._users.values() for conn in user_conns]
-        local = {
+        return {
             "replica_id": self.replica_id,
+            "seq": self._report_seq,
             # Serve's ingress in front of this replica, and the actor counts in use.
             "proxy": serve_ingress(),
             "shards": len(self.handles.shards),
@@ -493,7 +577,6 @@ class IngressCore:
             "chat_calls": sum(caller.batchers["chat"].batches for caller in self._shard_chats),
             **self.counters,
         }
-        return merge_stats(list(shards), list(agents), merge_persistence(list(writers)), local)
 
     async def cleanup(self) -> dict[str, int]:
         """Drop expired cache entries and finished run buffers everywhere."""

@@ -65,6 +65,18 @@ class Service:
         body: dict[str, Any] = response.json()
         return body
 
+    def history(self, user_id: str, session_id: str = "default") -> list[dict[str, Any]]:
+        """A session's messages as the service answers them (`GET /api/history`)."""
+        response = httpx.get(
+            f"{self.http}/api/history",
+            params={"session_id": session_id},
+            headers={"Authorization": f"Bearer {self.token(user_id)}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Read the real database directly (`?` placeholders)."""
         return self.database.rows(sql, *args)
@@ -137,6 +149,7 @@ class Cluster:
 
     port: int
     ingress: str
+    metrics_port: int = 0  # Ray's metrics export port (Prometheus text at /metrics)
 
 
 @pytest.fixture(scope="session")
@@ -151,17 +164,24 @@ def ray_cluster() -> Iterator[Cluster]:
     # HAProxy's stats and metrics ports, and its fallback proxy's, get free ones: another
     # cluster on this machine may hold the fixed defaults.
     ingress = apply_serve_defaults()
-    port, *others = free_ports(5)
+    port, metrics_port, *others = free_ports(6)
     for name, other in zip(
         ("HAPROXY_STATS", "HAPROXY_METRICS", "FALLBACK_PROXY_HTTP", "FALLBACK_PROXY_GRPC"),
         others,
         strict=True,
     ):
         os.environ.setdefault(f"RAY_SERVE_{name}_PORT", str(other))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The node's metrics agent runs with the dashboard off too; its port is fixed here.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield Cluster(port=port, ingress=ingress)
+        yield Cluster(port=port, ingress=ingress, metrics_port=metrics_port)
     finally:
         serve.shutdown()
         ray.shutdown()
