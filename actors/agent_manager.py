@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -23,17 +22,13 @@ from agents.result import RunResultStreaming
 
 from actors import metrics
 from actors.assistant_agents import ChatContext, ToolServices, build_agents, per_run_copy
+from actors.bounded import BoundedLRU
 from actors.call_batcher import settle_each
 from actors.errors import Unavailable
-from actors.event_hub import EventHub, PollBatch
-from actors.events import (
-    MESSAGE_DELTA,
-    RUN_CANCELLED,
-    RUN_COMPLETED,
-    RUN_STARTED,
-    Event,
-    run_failed,
-)
+from actors.events import MESSAGE_DELTA, RUN_STARTED
+from actors.model_client import make_model
+from actors.reply_end import NOT_STORED, STORE_RETRY_S, Sleep, final_event_for, store_reply_end
+from actors.run_delivery import RunDelivery
 from actors.runs import (
     ASSISTANT,
     SHUTDOWN_MESSAGE,
@@ -49,6 +44,7 @@ from config import Settings
 
 logger = logging.getLogger(__name__)
 OUTCOMES_KEPT = 10_000
+OUTCOMES_MAX_BYTES = 64 * 1024 * 1024  # reply text held by remembered outcomes
 WARM_UP_TEXT = "hello"  # no intent: a plain text reply, no tool, nothing stored
 WARM_UP_USER = "raychat-warm-up"
 WARM_UP_TOKENS = 4
@@ -64,41 +60,7 @@ class _NoOwner:
         return None
 
 
-def make_model(settings: Settings) -> Model:
-    """The configured model: simulated by default, or any OpenAI-compatible endpoint."""
-    if settings.model == "simulated":
-        return SimulatedModel(
-            ttft_s=settings.sim_ttft_ms / 1000,
-            tokens_per_s=settings.sim_tokens_per_s,
-            reply_tokens=settings.sim_reply_tokens,
-        )
-    import httpx2 as httpx  # the HTTP library the openai client is built on
-    from agents import OpenAIChatCompletionsModel
-    from openai import AsyncOpenAI, DefaultAsyncHttpxClient
-
-    class _ClosingChatCompletionsModel(OpenAIChatCompletionsModel):
-        """Closes its HTTP client with the model."""
-
-        async def close(self) -> None:
-            await client.close()
-
-    # Endpoints such as a local vLLM or Ollama take any key; the client insists on one.
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-    # At most `openai_max_concurrency` connections, each held by one request (a stream
-    # until it ends); requests beyond wait for one (no pool timeout) instead of flooding.
-    cap = settings.openai_max_concurrency
-    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
-    client = AsyncOpenAI(
-        base_url=settings.openai_base_url,
-        api_key=api_key,
-        max_retries=settings.openai_max_retries,
-        timeout=httpx.Timeout(settings.openai_timeout_s, pool=None),
-        http_client=DefaultAsyncHttpxClient(limits=limits),
-    )
-    return _ClosingChatCompletionsModel(model=settings.openai_model or "", openai_client=client)
-
-
-class AgentManager:
+class AgentManager(RunDelivery):
     """Runs turns on shared agents and hands their events to ingress replicas."""
 
     def __init__(
@@ -111,6 +73,8 @@ class AgentManager:
         model: Model | None = None,
         clock: Callable[[], float] = time.monotonic,
         report_ends: bool = True,
+        sleep: Sleep = asyncio.sleep,
+        store_retry_s: float = STORE_RETRY_S,
     ) -> None:
         self._settings = settings
         self._services = services
@@ -121,14 +85,16 @@ class AgentManager:
         self.instances_created = len(self._agents)
         self.lookups = 0
         self._clock = clock
-        self.hub = EventHub(
-            coalesce_s=settings.coalesce_ms / 1000,
-            grace_s=settings.run_grace_s,
-            max_finished=settings.run_buffers_max,
-            clock=clock,
-        )
+        RunDelivery.__init__(self, settings, clock)
+        self._sleep = sleep
+        self._store_retry_s = store_retry_s
+        self.store_retries = 0  # attempts to store a run's end beyond the first
+        self.store_failures = 0  # runs whose end could not be stored at all
         self._tasks: dict[str, asyncio.Task[RunOutcome]] = {}
-        self._outcomes: OrderedDict[str, RunOutcome] = OrderedDict()  # recent, for run_turn
+        # Recent outcomes, for `run_turn`, `report_end` and `runs_status`.
+        self._outcomes: BoundedLRU[str, RunOutcome] = BoundedLRU(
+            OUTCOMES_KEPT, max_bytes=OUTCOMES_MAX_BYTES, size=lambda o: len(o.text)
+        )
         self._streams: dict[str, RunResultStreaming] = {}
         self._cancel_requested: set[str] = set()
         # Tell every run's owner of its end (`run_ended`), or only when asked (`report_end`):
@@ -141,9 +107,6 @@ class AgentManager:
         self.ttft_ms = LatencyWindow()
         self.processing_ms = LatencyWindow()
         self._run_config = RunConfig(tracing_disabled=True)
-        self.housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))
-        self._last_housekeeping = clock()
-        self.buffers_expired = 0
         self._warm_lock = asyncio.Lock()
         self._warmed = False
 
@@ -217,9 +180,7 @@ class AgentManager:
         # A run's outcome was remembered by `_finish`, before its final event went out.
 
     def _remember_outcome(self, outcome: RunOutcome) -> None:
-        self._outcomes[outcome.run_id] = outcome
-        while len(self._outcomes) > OUTCOMES_KEPT:
-            self._outcomes.popitem(last=False)
+        self._outcomes.put(outcome.run_id, outcome)
 
     async def report_end(self, run_id: str) -> RunOutcome | None:
         """How `run_id` ended, or None while it runs; then its end is reported to its owner.
@@ -318,15 +279,25 @@ class AgentManager:
         started: float,
         first_delta_at: float | None,
     ) -> RunOutcome:
+        """Store the run's end (retried until stored, `store_reply_end`), then tell it."""
         buffer = self.hub.get(spec.run_id)
         text = buffer.text if buffer is not None else ""
         final_seq = (buffer.last_seq if buffer is not None else 0) + 1
         code = error[0] if error else None
-        try:
-            await self._store.finish_reply(spec.reply_message_id, text, status, final_seq, code)
-        except Exception:
-            logger.exception("could not store the reply of run %s", spec.run_id)
-            status, error = "failed", ("internal", "the reply could not be stored")
+        # A final event goes out only for what is stored (`actors.reply_end`).
+        args = (spec.reply_message_id, text, status, final_seq, code)
+        attempts = await store_reply_end(
+            self._store,
+            args,
+            run_id=spec.run_id,
+            retry_s=self._store_retry_s,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        self.store_retries += max(0, attempts - 1)
+        if not attempts:  # its row stays `streaming`: the shard's recovery settles it
+            self.store_failures += 1
+            status, error = "failed", NOT_STORED
         outcome = RunOutcome(spec.run_id, status, text, spec.reply_message_id)
         self._remember_outcome(outcome)  # from here `report_end` answers with it
         if self._report_ends or spec.run_id in self._report_requested:
@@ -334,14 +305,7 @@ class AgentManager:
                 await self.owner_of(spec).run_ended(spec.user_id, outcome)
             except Exception:
                 logger.exception("could not tell the shard that run %s ended", spec.run_id)
-        final: Event
-        if status == "completed":
-            final = {"type": RUN_COMPLETED, "message_id": spec.reply_message_id, "text": text}
-        elif status == "cancelled":
-            final = {"type": RUN_CANCELLED, "message_id": spec.reply_message_id, "text": text}
-        else:
-            code, message = error or ("internal", "the run failed")
-            final = run_failed(code, message)
+        final = final_event_for(status, error, spec.reply_message_id, text)
         self.hub.emit(spec.run_id, final)
         self.counts[status] += 1
         now = self._clock()
@@ -376,56 +340,9 @@ class AgentManager:
                 self._warmed = True
         return True
 
-    # -- event delivery ---------------------------------------------------
-    async def poll(self, replica_id: str, timeout_s: float) -> PollBatch:
-        """The new events of every run `replica_id` subscribes to, in one batch.
-
-        Polls also drive housekeeping: finished run buffers past their grace
-        period are dropped every `housekeeping_s`, so memory stays bounded
-        without a timer task of its own.
-        """
-        now = self._clock()
-        if now - self._last_housekeeping >= self.housekeeping_s:
-            self._last_housekeeping = now
-            self.buffers_expired += self.hub.cleanup()
-        return await self.hub.poll(replica_id, timeout_s)
-
-    async def replay_and_subscribe(
-        self, run_id: str, after_seq: int, replica_id: str
-    ) -> list[Event] | None:
-        """A run's buffered events after `after_seq`, and its live tail to `replica_id`.
-
-        None when this actor does not hold the run (its buffer expired).
-        """
-        events = self.hub.replay(run_id, after_seq)
-        if events is not None and replica_id:
-            last = events[-1]["seq"] if events else after_seq
-            self.hub.subscribe(replica_id, run_id, last)
-        return events
-
-    async def announce_final(self, run_id: str, user_id: str, events: list[Event]) -> bool:
-        """Publish the last events of a run lost with another actor (`EventHub.broadcast`)."""
-        return self.hub.broadcast(run_id, user_id, events)
-
     async def holding(self, run_ids: list[str]) -> list[str]:
         """The listed runs this actor is executing now."""
         return [run_id for run_id in run_ids if run_id in self._tasks]
-
-    async def final_event(self, run_id: str) -> Event | None:
-        """The final event of a finished run still buffered here."""
-        buffer = self.hub.get(run_id)
-        return None if buffer is None else buffer.final_event()
-
-    async def texts(self, run_ids: list[str]) -> dict[str, str]:
-        """The reply text so far of each listed run held here."""
-        found = ((run_id, self.hub.get(run_id)) for run_id in run_ids)
-        return {run_id: buffer.text for run_id, buffer in found if buffer is not None}
-
-    async def cleanup(self) -> int:
-        """Drop finished run buffers past their grace period; return how many."""
-        removed = self.hub.cleanup()
-        self.buffers_expired += removed
-        return removed
 
     async def drain(self) -> int:
         """Take no new runs; end each run in flight as `failed` (code `shutdown`).
@@ -457,7 +374,11 @@ class AgentManager:
             "lookups": self.lookups,
             "instances_created": self.instances_created,
             "active": self.hub.active_runs,
-            "buffered_runs": self.hub.buffered_runs,
+            **self.hub.sizes(),
+            "outcomes": len(self._outcomes),
+            "outcome_bytes": self._outcomes.nbytes,
+            "store_retries": self.store_retries,
+            "store_failures": self.store_failures,
             "buffers_expired": self.buffers_expired,
             "buffers_evicted": self.hub.evicted,
             "polls": self.hub.polls,

@@ -93,3 +93,14 @@ async def test_drain_ends_runs_in_flight_as_failed_with_their_partial_reply() ->
     assert final is not None and final["error"]["code"] == "shutdown"
     with pytest.raises(Unavailable):
         await agents.start_run(spec("r2"))
+
+
+async def test_stats_show_what_the_buffers_and_outcomes_hold() -> None:
+    agents = manager(FakeObserver(), report_ends=False)
+    outcome = await agents.run_turn(spec("r1"))
+    stats = agents.stats()
+    assert stats["buffered_runs"] == stats["finished_runs"] == 1
+    assert stats["buffer_bytes"] >= 2 * len(outcome.text.encode()) > 0
+    assert stats["buffer_bytes_max"] > stats["buffer_bytes"]
+    assert (stats["outcomes"], stats["outcome_bytes"]) == (1, len(outcome.text))
+    assert stats["cursors"] == 0 and stats["buffers_refused"] == 0
