@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import jwt
 
@@ -40,15 +42,29 @@ def load_secret(settings: Settings) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = secrets.token_urlsafe(48)
+    return _write_secret_once(path, secrets.token_urlsafe(48))
+
+
+def _write_secret_once(path: Path, candidate: str) -> str:
+    """Publish `candidate` at `path` unless a secret is there; the secret that is there.
+
+    The secret is written whole to a private temporary file in the same folder
+    (mode 0600), then hard-linked into place: readers see no file or the whole
+    secret, and when processes race, the first link wins and all use its secret.
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
-        # O_EXCL: when two processes race, exactly one writes and both read its secret.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(candidate)
-    return candidate
+        with os.fdopen(fd, "w") as handle:
+            handle.write(candidate)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)  # fails if the path exists: the first writer wins
+        except FileExistsError:
+            return path.read_text().strip()
+        return candidate
+    finally:
+        os.unlink(temp)
 
 
 class TokenCodec:

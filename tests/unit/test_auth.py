@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,53 @@ def test_load_secret_generates_a_0600_file_once(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_secret(Settings(data_dir=data_dir)) == first
+
+
+def test_a_reader_racing_the_writer_sees_no_secret_or_the_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second replica loads the secret while the first is between creating and writing."""
+    settings = Settings(data_dir=tmp_path)
+    real_fdopen = os.fdopen
+    raced: list[str] = []
+
+    def fdopen_then_race(fd: int, *args: Any, **kwargs: Any) -> Any:
+        # The writer holds a file it has not written yet: another replica starts now.
+        if not raced:
+            raced.append("")  # once: the racing replica's own write is not raced
+            other = threading.Thread(target=lambda: raced.append(load_secret(settings)))
+            other.start()
+            other.join()
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen_then_race)
+    first = load_secret(settings)
+    second = raced[1]
+    assert second and first == second  # both use one whole secret
+    assert (tmp_path / "secret").read_text() == first
+    assert [p.name for p in tmp_path.iterdir()] == ["secret"]  # no temporary file left
+
+
+def _replica(settings: Settings, start: threading.Barrier, found: list[str]) -> None:
+    start.wait()  # all replicas load the secret at the same moment
+    found.append(load_secret(settings))
+
+
+def test_replicas_starting_together_share_one_secret(tmp_path: Path) -> None:
+    for round_ in range(30):
+        settings = Settings(data_dir=tmp_path / str(round_))
+        start = threading.Barrier(6)
+        found: list[str] = []
+        threads = [
+            threading.Thread(target=_replica, args=(settings, start, found)) for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(found) == 6 and len(set(found)) == 1 and found[0], found
+        assert (settings.secret_file).read_text() == found[0]
+        assert stat.S_IMODE(settings.secret_file.stat().st_mode) == 0o600
 
 
 def test_load_secret_differs_per_data_dir(tmp_path: Path) -> None:
