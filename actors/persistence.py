@@ -1,4 +1,4 @@
-"""The persistence actor's logic: the only writer to the database, plus its reads.
+"""The persistence actor's logic: the only writer to the database (reads: `persistence_reads`).
 
 Writes go through a `GroupCommitter` (bounded queue, group commit) and return
 only after they are committed, so callers can acknowledge what they stored.
@@ -13,77 +13,27 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, event, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import and_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.bounded import BoundedLRU
 from actors.call_batcher import settle_each
+from actors.db_engine import insert_if_missing, make_engine, new_id
 from actors.db_schema import messages, preferences, sessions, todos, users
 from actors.group_commit import GroupCommitter
+from actors.persistence_reads import FINAL_STATUSES, REPLY_COLUMNS, PersistenceReads
 from actors.records import TurnRecord, UserContext
 from actors.schema import upgrade_schema
 from actors.stats import percentiles
 from config import Settings
 
 logger = logging.getLogger(__name__)
-
-FINAL_STATUSES = ("completed", "cancelled", "failed")
-# What a reply row says about its run's end (see UserShard._final_from_row).
-REPLY_COLUMNS = (
-    messages.c.id,
-    messages.c.text,
-    messages.c.status,
-    messages.c.session_id,
-    messages.c.final_seq,
-    messages.c.error_code,
-)
+KNOWN_MAX = 100_000  # users, and sessions, remembered as stored
 
 
-def _sqlite_path(url: str) -> Path | None:
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _new_id(result: Any) -> int:
-    """The primary key an INSERT just created."""
-    return int(result.inserted_primary_key[0])
-
-
-async def _insert_if_missing(conn: AsyncConnection, table: Table, row: dict[str, Any]) -> bool:
-    """INSERT `row` unless its primary key exists (SQLite and PostgreSQL); True if inserted."""
-    dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    result = await conn.execute(dialect_insert(table).values(**row).on_conflict_do_nothing())
-    return bool(result.rowcount == 1)
-
-
-def make_engine(url: str) -> AsyncEngine:
-    """An async engine for `url`; SQLite gets its folder created and WAL switched on."""
-    path = _sqlite_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8)
-        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-
-
-class Persistence:
+class Persistence(PersistenceReads):
     """Stores users, sessions, messages, todos and preferences.
 
     One instance per writer: writer `writer` of `persistence_writers` is sent
@@ -91,7 +41,7 @@ class Persistence:
     several writers (PostgreSQL) each commits its own share of the load.
     """
 
-    def __init__(self, settings: Settings, writer: int = 0) -> None:
+    def __init__(self, settings: Settings, writer: int = 0, known_max: int = KNOWN_MAX) -> None:
         self.writer = writer
         self._engine = make_engine(settings.database_url)
         self._writer: GroupCommitter[AsyncConnection] = GroupCommitter(
@@ -102,8 +52,9 @@ class Persistence:
             on_rollback=self._forget_known,
         )
         self._schema_ready: asyncio.Future[None] | None = None
-        self._known_users: set[str] = set()
-        self._known_sessions: set[tuple[str, str]] = set()
+        # Users and sessions known to have rows (LRU: a miss asks the database again).
+        self._known_users: BoundedLRU[str, bool] = BoundedLRU(known_max)
+        self._known_sessions: BoundedLRU[tuple[str, str], bool] = BoundedLRU(known_max)
         self.reads = 0
 
     def _forget_known(self) -> None:
@@ -164,13 +115,13 @@ class Persistence:
         """Create the user and session rows if missing; whether each was new."""
         now = time.time()
         new_user = new_session = False
-        if user_id not in self._known_users:
-            new_user = await _insert_if_missing(conn, users, {"id": user_id, "created_at": now})
-            self._known_users.add(user_id)
-        if session_id is not None and (user_id, session_id) not in self._known_sessions:
+        if not self._known_users.touch(user_id):
+            new_user = await insert_if_missing(conn, users, {"id": user_id, "created_at": now})
+            self._known_users.put(user_id, True)
+        if session_id is not None and not self._known_sessions.touch((user_id, session_id)):
             row = {"user_id": user_id, "session_id": session_id, "created_at": now}
-            new_session = await _insert_if_missing(conn, sessions, row)
-            self._known_sessions.add((user_id, session_id))
+            new_session = await insert_if_missing(conn, sessions, row)
+            self._known_sessions.put((user_id, session_id), True)
         return new_user, new_session
 
     async def begin_turn(
@@ -329,7 +280,7 @@ class Persistence:
                     user_id=user_id, text=text_, done=False, created_at=time.time()
                 )
             )
-            return {"id": _new_id(result), "text": text_, "done": False}
+            return {"id": new_id(result), "text": text_, "done": False}
 
         todo: dict[str, Any] = await self._write(op)
         return todo
@@ -369,131 +320,6 @@ class Persistence:
         result: dict[str, str] = await self._write(op)
         return result
 
-    # -- reads ------------------------------------------------------------
-    async def load_context(self, user_id: str) -> UserContext:
-        """The user's preferences and open todos, read from the database."""
-        await self.start()
-        self.reads += 1
-        async with self._engine.connect() as conn:
-            return await self._read_context(conn, user_id)
-
-    @staticmethod
-    async def _read_context(conn: AsyncConnection, user_id: str) -> UserContext:
-        prefs = await conn.execute(
-            select(preferences.c.key, preferences.c.value)
-            .where(preferences.c.user_id == user_id)
-            .order_by(preferences.c.key)
-        )
-        open_todos = await conn.execute(
-            select(todos.c.id, todos.c.text)
-            .where(todos.c.user_id == user_id, todos.c.done.is_(False))
-            .order_by(todos.c.id)
-        )
-        return UserContext(
-            preferences={row.key: row.value for row in prefs},
-            todos=[{"id": row.id, "text": row.text} for row in open_todos],
-        )
-
-    async def load_conversation(
-        self, user_id: str, session_id: str, limit: int, exclude_run_id: str | None = None
-    ) -> list[dict[str, str]]:
-        """The last `limit` finished messages of a session as agent input items, oldest first.
-
-        `exclude_run_id` leaves out the turn being started (its user message is
-        already stored when the history is read).
-        """
-        await self.start()
-        self.reads += 1
-        async with self._engine.connect() as conn:
-            return await self._read_conversation(conn, user_id, session_id, limit, exclude_run_id)
-
-    @staticmethod
-    async def _read_conversation(
-        conn: AsyncConnection,
-        user_id: str,
-        session_id: str,
-        limit: int,
-        exclude_run_id: str | None = None,
-    ) -> list[dict[str, str]]:
-        if limit <= 0:
-            return []
-        rows = await conn.execute(
-            select(messages.c.role, messages.c.text)
-            .where(
-                messages.c.user_id == user_id,
-                messages.c.session_id == session_id,
-                messages.c.status.in_(("stored", *FINAL_STATUSES)),
-                messages.c.text != "",
-                messages.c.run_id != (exclude_run_id or ""),
-            )
-            .order_by(messages.c.id.desc())
-            .limit(limit)
-        )
-        return [{"role": row.role, "content": row.text} for row in reversed(rows.all())]
-
-    async def history(
-        self, user_id: str, session_id: str, limit: int, before: int | None
-    ) -> list[dict[str, Any]]:
-        """A session's messages, oldest first: the `limit` newest with `id < before`."""
-        await self.start()
-        self.reads += 1
-        conditions = [messages.c.user_id == user_id, messages.c.session_id == session_id]
-        if before is not None:
-            conditions.append(messages.c.id < before)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    messages.c.id,
-                    messages.c.run_id,
-                    messages.c.role,
-                    messages.c.text,
-                    messages.c.status,
-                    messages.c.client_msg_id,
-                    messages.c.created_at,
-                )
-                .where(*conditions)
-                .order_by(messages.c.id.desc())
-                .limit(limit)
-            )
-            return [dict(row._mapping) for row in reversed(rows.all())]
-
-    async def run_record(self, user_id: str, run_id: str) -> dict[str, Any] | None:
-        """The stored reply row of one of the user's runs, or None."""
-        await self.start()
-        self.reads += 1
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(*REPLY_COLUMNS).where(
-                        messages.c.run_id == run_id,
-                        messages.c.user_id == user_id,
-                        messages.c.role == "assistant",
-                    )
-                )
-            ).first()
-            return None if row is None else dict(row._mapping)
-
-    async def streaming_replies(self) -> list[dict[str, Any]]:
-        """Every reply still `streaming`: run id, user, session and reply row id."""
-        await self.start()
-        self.reads += 1
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    messages.c.run_id,
-                    messages.c.user_id,
-                    messages.c.session_id,
-                    messages.c.id,
-                ).where(messages.c.status == "streaming", messages.c.role == "assistant")
-            )
-            return [dict(row._mapping) for row in rows]
-
-    async def count_messages(self) -> int:
-        """How many messages are stored (for tests and stats)."""
-        await self.start()
-        async with self._engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(messages)) or 0)
-
     def stats(self) -> dict[str, Any]:
         """Queue depth, rows written, batches committed and commit lag percentiles."""
         return {
@@ -503,5 +329,8 @@ class Persistence:
             "batches": self._writer.batches,
             "failed": self._writer.failed,
             "reads": self.reads,
+            "known_users": len(self._known_users),
+            "known_sessions": len(self._known_sessions),
+            "known_max": self._known_users.max_items,
             "lag_ms": percentiles(self._writer.lag_ms.samples()),
         }

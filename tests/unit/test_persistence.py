@@ -537,3 +537,24 @@ async def test_reads_do_not_wait_behind_a_write_batch(p: Persistence) -> None:
     release.set()
     await asyncio.wait_for(writing, GUARD)
     assert [t["text"] for t in (await p.load_context("alice")).todos] == ["held"]
+
+
+# -- bounded memory -----------------------------------------------------------
+
+
+async def test_known_users_and_sessions_are_bounded_and_rechecked(db: Database) -> None:
+    p = Persistence(settings_for(db), known_max=2)
+    try:
+        for user in ("u1", "u2", "u3"):
+            await turn(p, f"run-{user}", user=user, session="s1")
+        await turn(p, "run-u1-s2", user="u1", session="s2")
+        stats = p.stats()
+        assert (stats["known_users"], stats["known_sessions"], stats["known_max"]) == (2, 2, 2)
+        # u1 was forgotten and comes back: the database is asked again, nothing doubled,
+        # and its session's history is read (it is not new).
+        p_turn = await p.begin_turn("u1", "s1", "run-u1-again", "more", None, history_limit=5)
+        assert p_turn.history == [{"role": "user", "content": "hello"}]
+        assert raw_rows(db, "SELECT COUNT(*) FROM users") == [(3,)]
+        assert raw_rows(db, "SELECT COUNT(*) FROM sessions") == [(4,)]
+    finally:
+        await p.close()
