@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from actors.errors import Unavailable
 from actors.events import (
     FINAL_TYPES,
     MESSAGE_DELTA,
@@ -36,6 +37,7 @@ RunEnd = tuple[str, str]
 # `broadcast`): the receiver numbers it after what it has sent (its `end` is None).
 PollEntry = tuple[str, str, int, list[str], RunEnd | None]
 PollBatch = list[PollEntry]
+MAX_BYTES = 256 * 1024 * 1024  # text all run buffers of one actor may hold
 _STATUS = {RUN_COMPLETED: "completed", RUN_CANCELLED: "cancelled", RUN_FAILED: "failed"}
 
 
@@ -60,12 +62,16 @@ class EventHub:
         coalesce_s: float,
         grace_s: float = 300.0,
         max_finished: int = 20_000,
+        max_bytes: int = MAX_BYTES,
         replica_expiry_s: float = 120.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._coalesce_s = coalesce_s
         self._grace_s = grace_s
         self._max_finished = max_finished
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # text held by every buffer (`RunBuffer.nbytes`)
+        self.refused = 0  # runs not opened: live runs alone held `max_bytes`
         self._finished: dict[str, None] = {}  # finished run ids, oldest first
         self._replica_expiry_s = replica_expiry_s
         self._clock = clock
@@ -79,12 +85,56 @@ class EventHub:
     def open_run(
         self, run_id: str, user_id: str, prelude: list[Event], *, relative: bool = False
     ) -> RunBuffer:
-        """Create the buffer of a new run, seeded with events already sent elsewhere."""
+        """Create the buffer of a new run, seeded with events already sent elsewhere.
+
+        Finished runs are evicted (oldest first) to make room; when the live runs
+        alone hold `max_bytes`, the run is refused (`Unavailable`): its owner
+        starts it on another actor. A live run is never evicted.
+        """
         if run_id in self._runs:
             raise ValueError(f"run {run_id} is already open")
+        self._evict()
+        if self.nbytes >= self.max_bytes:
+            self.refused += 1
+            raise Unavailable(
+                f"this agent actor's live runs hold {self.nbytes} bytes of text"
+                f" (limit {self.max_bytes}); it takes no new run"
+            )
         buffer = RunBuffer(run_id, user_id, prelude, relative=relative)
         self._runs[run_id] = buffer
+        self.nbytes += buffer.nbytes
         return buffer
+
+    def _drop(self, run_id: str) -> None:
+        """Forget a run: its buffer, its bytes and every replica's cursor on it."""
+        buffer = self._runs.pop(run_id, None)
+        if buffer is not None:
+            self.nbytes -= buffer.nbytes
+        self._finished.pop(run_id, None)
+        for sub in self._subs.values():
+            sub.cursors.pop(run_id, None)
+            sub.pending.discard(run_id)
+
+    def _evict(self) -> None:
+        """Drop finished runs, oldest first, while over `max_finished` or `max_bytes`.
+
+        A finished run whose final event some replica has not been sent yet is kept
+        (like a live run) until that replica polls it or stops polling.
+        """
+        excess_runs = len(self._finished) - self._max_finished
+        excess_bytes = self.nbytes - self.max_bytes
+        victims: list[str] = []
+        for run_id in self._finished:  # oldest first
+            if excess_runs <= 0 and excess_bytes <= 0:
+                break
+            if any(run_id in sub.cursors for sub in self._subs.values()):
+                continue
+            victims.append(run_id)
+            excess_runs -= 1
+            excess_bytes -= self._runs[run_id].nbytes
+        for run_id in victims:
+            self._drop(run_id)
+        self.evicted += len(victims)
 
     def broadcast(self, run_id: str, user_id: str, events: list[Event]) -> bool:
         """Publish the last events of a run lost elsewhere to every replica.
@@ -111,15 +161,14 @@ class EventHub:
         """Append an event to a run and wake every replica subscribed to it."""
         buffer = self._runs[run_id]
         first_delta = event["type"] == MESSAGE_DELTA and not buffer.text_parts
+        held = buffer.nbytes
         stored = buffer.append(event)
+        self.nbytes += buffer.nbytes - held
         if buffer.finished:
             buffer.finished_at = self._clock()
             self._finished[run_id] = None
-            while len(self._finished) > self._max_finished:
-                oldest = next(iter(self._finished))
-                del self._finished[oldest]
-                self._runs.pop(oldest, None)
-                self.evicted += 1
+        if self.nbytes > self.max_bytes or len(self._finished) > self._max_finished:
+            self._evict()
         urgent = first_delta or event["type"] in FINAL_TYPES
         for sub in self._subs.values():
             if run_id in sub.cursors:
@@ -138,7 +187,9 @@ class EventHub:
         sub = self._subs.setdefault(replica_id, _Subscriber(last_seen=self._clock()))
         current = sub.cursors.get(run_id)
         sub.cursors[run_id] = after_seq if current is None else min(current, after_seq)
-        if buffer.last_seq > sub.cursors[run_id]:
+        if buffer.finished and sub.cursors[run_id] >= buffer.last_seq:
+            del sub.cursors[run_id]  # it has seen the whole finished run: nothing to follow
+        elif buffer.last_seq > sub.cursors[run_id]:
             sub.pending.add(run_id)
             sub.wake.set()
             sub.urgent.set()
@@ -207,8 +258,7 @@ class EventHub:
             if buffer.finished_at is not None and now - buffer.finished_at >= self._grace_s
         ]
         for run_id in expired:
-            del self._runs[run_id]
-            self._finished.pop(run_id, None)
+            self._drop(run_id)
         for replica_id in [
             r for r, s in self._subs.items() if now - s.last_seen >= self._replica_expiry_s
         ]:
@@ -224,3 +274,20 @@ class EventHub:
     def buffered_runs(self) -> int:
         """All run buffers held, finished ones included."""
         return len(self._runs)
+
+    @property
+    def cursors(self) -> int:
+        """Cursors held for subscribed replicas, over all runs."""
+        return sum(len(sub.cursors) for sub in self._subs.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Counts and bytes of what this hub holds (for stats)."""
+        return {
+            "buffered_runs": len(self._runs),
+            "finished_runs": len(self._finished),
+            "buffer_bytes": self.nbytes,
+            "buffer_bytes_max": self.max_bytes,
+            "buffers_refused": self.refused,
+            "subscribers": len(self._subs),
+            "cursors": self.cursors,
+        }

@@ -8,6 +8,8 @@ concatenated text and no gap in `seq`.
 
 from __future__ import annotations
 
+import orjson
+
 from actors.events import FINAL_TYPES, MESSAGE_DELTA, Event
 
 
@@ -17,6 +19,7 @@ class RunBuffer:
     __slots__ = (
         "_events",
         "finished_at",
+        "nbytes",
         "relative",
         "run_id",
         "sealed",
@@ -42,6 +45,7 @@ class RunBuffer:
         self.sealed = 0
         self.text_parts: list[str] = []
         self.finished_at: float | None = None
+        self.nbytes = 0  # UTF-8 bytes of the text this buffer holds (events and reply)
         for event in prelude or ():
             self.append(event)
 
@@ -66,11 +70,15 @@ class RunBuffer:
             raise RuntimeError(f"run {self.run_id} already has its final event")
         if event["type"] == MESSAGE_DELTA:
             self.text_parts.append(event["text"])
+            # Held twice: in the reply's parts and in a delta event.
+            self.nbytes += 2 * len(event["text"].encode())
             tail = self._events[-1] if self._events else None
             if tail is not None and tail["type"] == MESSAGE_DELTA and tail["seq"] > self.sealed:
                 tail["text"] += event["text"]
                 return tail
         stored = {**event, "run_id": self.run_id, "seq": len(self._events) + 1}
+        if event["type"] != MESSAGE_DELTA:
+            self.nbytes += len(orjson.dumps(stored))
         self._events.append(stored)
         return stored
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from actors.errors import Unavailable
 from actors.event_hub import EventHub, PollBatch
 from actors.events import FINAL_TYPES, Event
 
@@ -370,3 +371,94 @@ def test_finished_buffers_beyond_the_cap_are_evicted_oldest_first(clock: FakeClo
     assert hub.get("a") is None and hub.evicted == 1
     assert hub.get("b") is not None and hub.get("c") is not None
     assert hub.get("live") is not None  # runs in flight are never evicted
+
+
+# -- bounded in bytes, cursors collected --------------------------------------
+
+KIB = "x" * 1024
+
+
+def test_bytes_held_are_counted_and_released(clock: FakeClock) -> None:
+    hub = EventHub(coalesce_s=0.0, grace_s=30.0, clock=clock)
+    hub.open_run("r1", "u", [ACCEPTED])
+    hub.emit("r1", delta(KIB))
+    buffer = hub.get("r1")
+    assert buffer is not None
+    assert buffer.nbytes >= 2 * 1024 and hub.nbytes == buffer.nbytes
+    hub.emit("r1", completed(KIB))
+    assert hub.nbytes == buffer.nbytes >= 3 * 1024
+    sizes = hub.sizes()
+    assert (sizes["buffered_runs"], sizes["finished_runs"]) == (1, 1)
+    assert sizes["buffer_bytes"] == hub.nbytes
+    clock.now += 30
+    assert hub.cleanup() == 1
+    assert hub.nbytes == 0 and hub.sizes()["buffered_runs"] == 0
+
+
+def test_finished_runs_are_evicted_oldest_first_to_stay_within_the_bytes(
+    clock: FakeClock,
+) -> None:
+    hub = EventHub(coalesce_s=0.0, grace_s=1000.0, max_bytes=12 * 1024, clock=clock)
+    hub.open_run("live", "u", [])
+    hub.emit("live", delta(KIB))
+    for name in ("a", "b", "c", "d", "e"):
+        hub.open_run(name, "u", [])
+        hub.emit(name, delta(KIB))
+        hub.emit(name, completed(KIB))  # about 3 KiB each
+        assert hub.nbytes <= hub.max_bytes
+    assert hub.get("live") is not None  # a live run is never evicted
+    kept = [name for name in "abcde" if hub.get(name) is not None]
+    assert kept and kept == list("abcde"[-len(kept) :]) and hub.evicted == 5 - len(kept)
+    assert hub.evicted >= 1
+
+
+def test_a_new_run_is_refused_when_live_runs_alone_hold_the_bytes(clock: FakeClock) -> None:
+    hub = EventHub(coalesce_s=0.0, grace_s=1000.0, max_bytes=8 * 1024, clock=clock)
+    hub.open_run("done", "u", [])
+    hub.emit("done", completed(KIB))
+    hub.open_run("live", "u", [])
+    for _ in range(5):
+        hub.emit("live", delta(KIB))  # the live run grows past the bound: it goes on
+    assert hub.get("live") is not None and hub.get("done") is None  # finished went first
+    with pytest.raises(Unavailable):
+        hub.open_run("new", "u", [])
+    assert hub.get("new") is None and hub.sizes()["buffers_refused"] == 1
+    hub.emit("live", completed())
+    hub.open_run("new", "u", [])  # the finished run made way
+    assert hub.get("live") is None and hub.get("new") is not None
+
+
+async def test_a_cursor_on_a_finished_run_is_collected(hub: EventHub, clock: FakeClock) -> None:
+    hub.open_run("r1", "alice", [ACCEPTED])
+    hub.emit("r1", completed())
+    # A replica that has seen every event of a finished run keeps no cursor on it.
+    assert hub.subscribe("replica", "r1", 2) is True
+    assert hub.cursors == 0
+    # One that subscribed but never polled before the run expired loses its cursor too.
+    hub.open_run("r2", "alice", [ACCEPTED])
+    hub.subscribe("replica", "r2", 0)
+    hub.subscribe("other", "r2", 0)
+    hub.emit("r2", completed())
+    assert hub.cursors == 2
+    clock.now += 30
+    assert hub.cleanup() == 2
+    assert hub.cursors == 0 and hub.sizes()["cursors"] == 0
+    assert await hub.poll("replica", NOTHING) == []
+
+
+async def test_a_finished_run_not_yet_sent_is_kept_until_its_replica_polls(
+    clock: FakeClock,
+) -> None:
+    hub = EventHub(coalesce_s=0.0, grace_s=1000.0, max_bytes=4 * 1024, clock=clock)
+    hub.open_run("live", "u", [])
+    hub.open_run("r1", "u", [ACCEPTED])
+    hub.subscribe("replica", "r1", 0)
+    for _ in range(5):
+        hub.emit("live", delta(KIB))  # live runs alone are over the bound
+    hub.emit("r1", completed())
+    assert hub.get("r1") is not None  # its final event has not been sent yet
+    runs = decode(await poll_now(hub, "replica"))
+    assert runs["r1"][-1]["type"] == "run.completed"
+    with pytest.raises(Unavailable):
+        hub.open_run("r2", "u", [])  # evicts the delivered run; live ones still too big
+    assert hub.get("r1") is None and hub.get("live") is not None

@@ -153,3 +153,14 @@ def test_append_after_a_final_event_raises(final: Event) -> None:
         buffer.append(started())
     assert buffer.last_seq == 1
     assert buffer.text == ""
+
+
+def test_nbytes_counts_the_utf8_text_held() -> None:
+    buffer = RunBuffer("r1", "alice")
+    buffer.append(delta("héllo"))  # 6 bytes, held in the reply and in its delta event
+    assert buffer.nbytes == 12
+    buffer.append(delta("!"))  # merged into the same event: still held twice
+    assert buffer.nbytes == 14
+    before = buffer.nbytes
+    buffer.append(completed("héllo!"))
+    assert buffer.nbytes - before > len("héllo!".encode())  # the final event, encoded
