@@ -1,10 +1,11 @@
-"""`raychat chat`: the terminal client's event loop, socket and keyboard.
+"""`raychat chat`: the terminal client's event loop and its command line.
 
 One asyncio loop runs three things: the `Link` (the chat socket, reconnected
 with backoff), the prompt (lines read from stdin while the prompt is shown)
 and SIGINT (Ctrl-C cancels the reply in flight; at the prompt, or a second time
 during a reply, it quits). Everything wakes the main loop through one event;
-the protocol bookkeeping and the rendering are in `actors.chat_terminal`.
+the protocol bookkeeping and the rendering are in `actors.chat_terminal`, the
+socket in `actors.chat_link`, the keyboard in `actors.chat_keyboard`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,22 @@ import asyncio
 import getpass
 import json
 import logging
-import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import websockets
 from rich.console import Console
-from websockets.asyncio.client import ClientConnection, connect
 
 from actors.auth import codec_for
+from actors.chat_keyboard import StdinLines
+from actors.chat_link import ChatError, Link
 from actors.chat_terminal import (
     HISTORY_PATH,
-    Backoff,
     Endpoints,
     Frame,
     Interrupt,
@@ -46,18 +43,12 @@ from actors.chat_terminal import (
 from actors.events import Event
 from config import Settings
 
+__all__ = ["ChatApp", "ChatError", "ChatOptions", "Link", "Quit", "StdinLines", "main"]
+
 logger = logging.getLogger(__name__)
 
-CLOSE_ABNORMAL = 1006  # no close frame: the connection broke
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
 HISTORY_LIMIT = 20
-MAX_LINE_BYTES = 64 * 1024
 EXIT_INTERRUPTED = 130
-
-
-class ChatError(Exception):
-    """Ends the client with this message and exit status 1."""
 
 
 class Quit(Exception):
@@ -78,191 +69,6 @@ class ChatOptions:
     session_id: str = "default"
     history: bool = True
     give_up_after_s: float = 60.0
-
-
-class Link:
-    """Keeps one chat socket open: connects, reconnects with backoff, hands on each event.
-
-    `run` returns only by raising `ChatError`: the token was refused (close
-    4401/4403, HTTP 401/403), the address is wrong (another HTTP status), or
-    no connection could be made for `give_up_after_s`.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        token: str,
-        *,
-        on_event: Callable[[Event], None],
-        on_connect: Callable[[], list[Frame]],
-        on_disconnect: Callable[[str], None],
-        notice: Callable[[str], None],
-        give_up_after_s: float,
-    ) -> None:
-        self.url = url
-        self._headers = {"Authorization": f"Bearer {token}"}
-        self._on_event = on_event
-        self._on_connect = on_connect
-        self._on_disconnect = on_disconnect
-        self._notice = notice
-        self._give_up_after_s = give_up_after_s
-        self._backoff = Backoff()
-        self._ws: ClientConnection | None = None
-
-    @property
-    def connected(self) -> bool:
-        """True while a socket is open and the server has answered on it."""
-        return self._ws is not None
-
-    async def send(self, frame: Frame) -> bool:
-        """Send a frame on the open socket; False if there is none (the caller retries later)."""
-        ws = self._ws
-        if ws is None:
-            return False
-        try:
-            await ws.send(json.dumps(frame))
-        except websockets.ConnectionClosed:
-            return False
-        return True
-
-    async def run(self) -> None:
-        """Connect and read until the socket closes, then reconnect; forever."""
-        outage_since: float | None = None
-        delay = 0.0
-        while True:
-            if delay:
-                await asyncio.sleep(delay)  # reconnect backoff
-            try:
-                problem = await self._connect_and_serve()
-            except websockets.InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    raise ChatError(f"the server refused the token (HTTP {status})") from None
-                if status < 500 and status != 429:
-                    raise ChatError(f"{self.url} answered HTTP {status}: is --url right?") from None
-                problem = f"HTTP {status}"
-            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-                problem = str(exc) or type(exc).__name__
-            if problem is None:  # a good connection ended: reconnect at once
-                outage_since, delay = None, 0.0
-                self._backoff.reset()
-                continue
-            now = time.monotonic()
-            if outage_since is None:
-                outage_since = now
-                self._notice(f"cannot reach {self.url}: {problem}; retrying (Ctrl-C to quit)")
-            if now - outage_since >= self._give_up_after_s:
-                raise ChatError(
-                    f"no connection to {self.url} for {self._give_up_after_s:g} s: {problem}"
-                )
-            delay = self._backoff.next_delay()
-
-    async def _connect_and_serve(self) -> str | None:
-        """One socket's life; None if the server answered on it, else what went wrong."""
-        frames = 0
-        async with connect(self.url, additional_headers=self._headers) as ws:
-            try:
-                # The server answers only a socket whose token it took (else: close 4401),
-                # so the socket counts as connected from its first frame on.
-                await ws.send(json.dumps({"type": "ping"}))
-                async for raw in ws:
-                    if not frames:
-                        self._ws = ws
-                        for frame in self._on_connect():
-                            await ws.send(json.dumps(frame))
-                    frames += 1
-                    self._handle(raw)
-            except websockets.ConnectionClosed:
-                pass
-            finally:
-                self._ws = None
-        code = ws.close_code
-        close = f"close {code} {ws.close_reason}" if ws.close_reason else f"close {code}"
-        if code == CLOSE_UNAUTHENTICATED:
-            raise ChatError(f"the server refused the token ({close})")
-        if code == CLOSE_FORBIDDEN:
-            raise ChatError(f"the server refused this client ({close})")
-        why = "lost" if code in (None, CLOSE_ABNORMAL) else f"closed by the server ({close})"
-        self._on_disconnect(why)
-        return None if frames else why
-
-    def _handle(self, raw: str | bytes) -> None:
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            self._notice(f"ignored a frame that is not JSON: {raw[:80]!r}")
-            return
-        if isinstance(event, dict):
-            self._on_event(event)
-
-
-class StdinLines:
-    """Lines typed at the prompt, read without blocking the event loop.
-
-    Reads only while `start`ed (the prompt is shown), so type-ahead waits in the
-    terminal, and stops once a whole line is there. `on_ready` is called when
-    a line or the end of input (Ctrl-D) arrives.
-    """
-
-    def __init__(self, fd: int, on_ready: Callable[[], None]) -> None:
-        self._fd = fd
-        self._on_ready = on_ready
-        self._buffer = bytearray()
-        self._lines: deque[str] = deque()
-        self._reading = False
-        self._polled = False  # a regular file: no reader callbacks, read on the next tick
-        self.eof = False
-
-    @property
-    def ready(self) -> bool:
-        """True when a line (or the end of input) is waiting."""
-        return bool(self._lines) or self.eof
-
-    def start(self) -> None:
-        """Begin reading (the prompt is shown)."""
-        if self._reading or self.ready:
-            return
-        loop = asyncio.get_running_loop()
-        self._reading = True
-        try:
-            loop.add_reader(self._fd, self._readable)
-        except PermissionError:  # stdin is a regular file: reading it never blocks
-            self._polled = True
-            loop.call_soon(self._readable)
-
-    def stop(self) -> None:
-        """Stop reading."""
-        if self._reading and not self._polled:
-            asyncio.get_running_loop().remove_reader(self._fd)
-        self._reading = False
-
-    def pop(self) -> str | None:
-        """The next line (without its newline), or None at the end of input."""
-        return self._lines.popleft() if self._lines else None
-
-    def _readable(self) -> None:
-        if not self._reading:
-            return
-        try:
-            data = os.read(self._fd, 4096)
-        except OSError as exc:  # the terminal went away (EIO): the end of input
-            logger.debug("reading stdin failed: %s", exc)
-            data = b""
-        if not data:
-            self.eof = True
-            if self._buffer:  # a last line without a newline
-                self._lines.append(self._buffer.decode(errors="replace"))
-                self._buffer.clear()
-        self._buffer += data
-        while b"\n" in self._buffer or len(self._buffer) >= MAX_LINE_BYTES:
-            line, _, rest = bytes(self._buffer).partition(b"\n")
-            self._lines.append(line.decode(errors="replace"))
-            self._buffer = bytearray(rest)
-        if self.ready:
-            self.stop()
-            self._on_ready()
-        elif self._polled:
-            asyncio.get_running_loop().call_soon(self._readable)
 
 
 def fetch_history(http_base: str, token: str, session_id: str) -> list[dict[str, Any]]:

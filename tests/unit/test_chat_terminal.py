@@ -19,6 +19,8 @@ import pytest
 from rich.console import Console
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from actors.chat_keyboard import StdinLines
+from actors.chat_link import ChatError, Link
 from actors.chat_terminal import (
     Backoff,
     Interrupt,
@@ -29,7 +31,6 @@ from actors.chat_terminal import (
     interrupt_action,
     shown,
 )
-from actors.chat_terminal_app import ChatError, Link, StdinLines
 
 # --- addresses ---------------------------------------------------------------------------
 
