@@ -8,8 +8,6 @@ from actors.event_hub import EventHub, PollBatch
 from actors.events import Event
 from config import Settings
 
-RUN_BUFFERS_MAX_BYTES = 256 * 1024 * 1024  # text held by one actor's run buffers
-
 
 class RunDelivery:
     """The `EventHub` of one agent actor and the calls replicas and shards make on it."""
@@ -20,8 +18,7 @@ class RunDelivery:
             coalesce_s=settings.coalesce_ms / 1000,
             grace_s=settings.run_grace_s,
             max_finished=settings.run_buffers_max,
-            # Settings may name a byte bound (`run_buffers_max_bytes`); else the default.
-            max_bytes=getattr(settings, "run_buffers_max_bytes", RUN_BUFFERS_MAX_BYTES),
+            max_bytes=settings.run_buffers_max_bytes,
             clock=clock,
         )
         self.housekeeping_s = max(0.5, min(10.0, settings.run_grace_s / 2))

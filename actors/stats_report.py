@@ -72,6 +72,21 @@ def merge_stats(
             "buffered_runs": sum(a["buffered_runs"] for a in agents),
             "buffers_evicted": sum(a.get("buffers_evicted", 0) for a in agents),
             "tokens_emitted": sum(a.get("tokens_emitted") or 0 for a in agents),
+            # Sizes (bounded by design): what the run buffers and remembered outcomes hold.
+            **{
+                key: sum(a.get(key, 0) for a in agents)
+                for key in (
+                    "finished_runs",
+                    "buffer_bytes",
+                    "buffers_refused",
+                    "subscribers",
+                    "cursors",
+                    "outcomes",
+                    "outcome_bytes",
+                    "store_retries",
+                    "store_failures",
+                )
+            },
         },
         "session_cache": {**session, "hit_rate": _rate(session["hits"], session["misses"])},
         "user_context_cache": {

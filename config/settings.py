@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     run_grace_s: float = Field(default=300.0, ge=0)
     agent_check_s: float = Field(default=1.0, gt=0)  # how often shards ask for ended and lost runs
     run_buffers_max: int = Field(default=20_000, ge=1)
+    # Text all run buffers of one agent actor may hold; finished runs are evicted first.
+    run_buffers_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     run_timeout_s: float = Field(default=300.0, gt=0)
     max_turns: int = Field(default=8, ge=1, le=100)
 

@@ -82,6 +82,9 @@ def agent_report(
         "polls": 10,
         "events_sent": 100,
         "tokens_emitted": tokens,
+        "buffer_bytes": 1000 * (active + completed),
+        "cursors": active,
+        "store_failures": failed,
         "started": active + completed + failed + cancelled,
         "completed": completed,
         "failed": failed,
@@ -217,6 +220,14 @@ def test_agent_manager_section(merged: dict[str, Any]) -> None:
     assert manager["instances_created"] == 6
     assert manager["actors"] == 2
     assert manager["tokens_emitted"] == 50  # None (a real model) counts as 0
+
+
+def test_agent_sizes_are_summed(merged: dict[str, Any]) -> None:
+    manager = merged["agent_manager"]
+    assert manager["buffer_bytes"] == 9000  # 6000 + 3000
+    assert manager["cursors"] == 1
+    assert manager["store_failures"] == 1
+    assert manager["outcome_bytes"] == 0  # a report without the key (an older actor) counts 0
 
 
 def test_caches_are_summed_with_recomputed_hit_rates(merged: dict[str, Any]) -> None:
