@@ -86,7 +86,7 @@ class Supervisor:
         """Run `loop()` as a supervised task; `ends`: it may return normally (then it is done)."""
         if name in self.loops:
             raise ValueError(f"a loop named {name!r} is already supervised")
-        state = LoopState(name=name, critical=critical, ends=ends)
+        state = LoopState(name=name, critical=critical, ends=ends, up=True)  # up once started
         self.loops[name] = state
         state.task = asyncio.get_running_loop().create_task(
             self._run(state, loop), name=f"{self.owner}:{name}"

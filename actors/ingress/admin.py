@@ -11,6 +11,7 @@ from actors.ingress.sockets import SocketTable
 from actors.ingress.turns import Turns
 from actors.replica_reports import merge_ingress
 from actors.stats_report import merge_persistence, merge_stats
+from actors.supervise import Supervisor
 from config.serve_env import serve_ingress
 
 READY_TIMEOUT_S = 10
@@ -26,8 +27,11 @@ class Admin:
         sockets: SocketTable,
         fan_in: FanIn,
         turns: Turns,
+        loops: Supervisor | None = None,
     ) -> None:
+        """`loops`: the replica's supervised loops (their restarts go in the stats)."""
         self.handles = handles
+        self.loops = loops
         self.replica_id = replica_id
         self.sockets = sockets
         self.fan_in = fan_in
@@ -57,6 +61,7 @@ class Admin:
     def local_stats(self) -> dict[str, Any]:
         """This replica's own counters (its report to the shards)."""
         conns = list(self.fan_in.connections())
+        loops = self.loops.stats() if self.loops is not None else {}
         chats = [caller.batchers["chat"] for caller in self.turns.shard_chats]
         return {
             "replica_id": self.replica_id,
@@ -76,6 +81,10 @@ class Admin:
             # Chats sent to shards, and the actor calls that carried them.
             "chats_sent": sum(batcher.items for batcher in chats),
             "chat_calls": sum(batcher.batches for batcher in chats),
+            # Background loops: restarts after a failure (summed over replicas), and each
+            # loop's state on the answering replica.
+            "loop_restarts": sum(loop["restarts"] for loop in loops.values()),
+            "loops": loops,
             **self.counters,
         }
 

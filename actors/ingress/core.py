@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -29,6 +30,7 @@ from actors.ingress.sessions import Sessions
 from actors.ingress.sockets import SocketTable
 from actors.ingress.turns import Turns
 from actors.messages import Chat
+from actors.supervise import Supervisor
 from config import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,21 +56,28 @@ class IngressCore:
         settings: Settings,
         handles: ActorHandles,
         stopping: Callable[[], bool | None] | None = None,
+        loops: Supervisor | None = None,
     ) -> None:
-        """`stopping` says whether the server is stopping this replica (None: cannot tell)."""
+        """`stopping` says whether the server is stopping this replica (None: cannot tell).
+
+        `loops` supervises the background loops (a default one if None).
+        """
         self.settings = settings
         self.handles = handles
         self.replica_id = uuid.uuid4().hex
         self._stopping = stopping
         self.counters = dict.fromkeys(COUNTERS, 0)  # shared by the parts below
-        self._pollers: list[asyncio.Task[None]] = []
+        # Owns the replica's loops: restarted with backoff when they fail, health meanwhile.
+        self.loops = loops or Supervisor(f"ingress {self.replica_id[:8]}")
         self.sockets = SocketTable(settings.max_sockets_per_replica, self.counters)
         self.fan_in = FanIn(self.replica_id, settings.poll_timeout_s, self.counters)
         self.turns = Turns(settings, handles, self.replica_id, self.fan_in)
         self.sessions = Sessions(
             settings, handles, self.replica_id, self.sockets, self.fan_in, self.turns
         )
-        self.admin = Admin(handles, self.replica_id, self.sockets, self.fan_in, self.turns)
+        self.admin = Admin(
+            handles, self.replica_id, self.sockets, self.fan_in, self.turns, self.loops
+        )
         self.draining = Draining(
             self.sockets, handles.shards, settings.agent_check_s, self.admin.next_report
         )
@@ -80,15 +89,15 @@ class IngressCore:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        """Start one long-poll task per agent actor, and the shard keeper."""
-        loop = asyncio.get_running_loop()
+        """Start one long-poll loop per agent actor, the shard keeper and the drain watcher.
+
+        Each runs under `self.loops`: an exception (in a poll or in `dispatch`)
+        is logged and the loop restarted with backoff; the replica reports
+        unhealthy and not ready until it runs again.
+        """
         for index, agent in enumerate(self.handles.agents):
-            self._pollers.append(
-                loop.create_task(self.fan_in.poll_loop(agent), name=f"poll-{index}")
-            )
-        self._pollers.append(
-            loop.create_task(self.draining.keep_shards_ready(), name="shard-keeper")
-        )
+            self.loops.start(f"poll-{index}", partial(self.fan_in.poll_loop, agent))
+        self.loops.start("shard-keeper", self.draining.keep_shards_ready)
         if self._stopping is not None:
             if self._stopping() is None:
                 logger.warning(
@@ -96,8 +105,8 @@ class IngressCore:
                     "1001 close only from its destructor, at the end of the shutdown budget"
                 )
             else:
-                watch = self.draining.close_when_stopping(self._stopping)
-                self._pollers.append(loop.create_task(watch, name="drain-watch"))
+                watch = partial(self.draining.close_when_stopping, self._stopping)
+                self.loops.start("drain-watch", watch, ends=True)
 
     async def wait_ready(self) -> None:
         """Return once every actor answers and the agents have run the SDK once.
@@ -119,23 +128,17 @@ class IngressCore:
             ) from None
 
     def check_health(self) -> None:
-        """Raise if a background task of this replica died (Serve's health check).
+        """Raise while a loop of this replica is down (Serve's health check).
 
         The drain watcher ends normally once the replica is stopping; the
-        event polls and the shard keeper never end but by `stop`.
+        event polls and the shard keeper run until `stop`.
         """
-        for task in self._pollers:
-            if task.done() and (task.cancelled() or task.exception() is not None):
-                error = None if task.cancelled() else task.exception()
-                raise RuntimeError(f"the replica's {task.get_name()} task stopped") from error
+        self.loops.check()
 
     async def stop(self) -> None:
         """Close every socket with 1001 and stop the pollers."""
         await self.sockets.close_all()
-        for task in self._pollers:
-            task.cancel()
-        await asyncio.gather(*self._pollers, return_exceptions=True)
-        self._pollers.clear()
+        await self.loops.stop()
         await self.turns.close()
 
     # -- sockets and turns -------------------------------------------------------
@@ -187,5 +190,5 @@ class IngressCore:
         return await self.admin.history(user_id, session_id, limit, before)
 
     async def ready(self) -> bool:
-        """True when the database and every actor answer."""
-        return await self.admin.ready()
+        """True when this replica's loops run and the database and every actor answer."""
+        return self.loops.healthy() and await self.admin.ready()

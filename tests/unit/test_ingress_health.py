@@ -10,6 +10,7 @@ import pytest
 
 from actors.factory import ActorHandles
 from actors.ingress import IngressCore
+from actors.supervise import Supervisor
 from config import Settings
 
 
@@ -19,23 +20,65 @@ def core(**settings: Any) -> IngressCore:
     return IngressCore(Settings(shards=1, agent_actors=1, **settings), handles)
 
 
-async def test_health_fails_once_a_background_task_died() -> None:
-    ingress = core()
+class GatedSleep:
+    """A fake sleep for the supervisor's backoff: returns only when released."""
 
-    async def crash() -> None:
-        raise ValueError("dispatch broke")
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self._go = asyncio.Event()
 
-    async def finished() -> None:
-        return None
+    async def __call__(self, delay: float) -> None:
+        self.waiting.set()
+        await self._go.wait()
+        self._go.clear()
 
-    tasks = [asyncio.ensure_future(finished()), asyncio.ensure_future(crash())]
-    await asyncio.wait(tasks)
-    ingress._pollers.append(tasks[0])
-    ingress.check_health()  # a task that ended normally (the drain watcher) is fine
-    ingress._pollers.append(tasks[1])
-    with pytest.raises(RuntimeError, match="task stopped") as failed:
+    def release(self) -> None:
+        self.waiting.clear()
+        self._go.set()
+
+
+async def test_a_failing_dispatch_restarts_its_poll_loop_and_is_down_meanwhile() -> None:
+    batches: asyncio.Queue[list[Any]] = asyncio.Queue()
+    agent = SimpleNamespace(
+        poll=SimpleNamespace(remote=lambda replica, timeout: batches.get()),
+        ping=SimpleNamespace(remote=lambda: asyncio.sleep(0, result=True)),
+    )
+    handles = ActorHandles(writers=[], agents=[agent], shards=[])
+    sleep = GatedSleep()
+    ingress = IngressCore(
+        Settings(shards=1, agent_actors=1), handles, loops=Supervisor("test", sleep=sleep)
+    )
+    dispatched: list[Any] = []
+
+    def dispatch(batch: Any) -> None:
+        if not dispatched:
+            dispatched.append("failed")
+            raise RuntimeError("dispatch broke")
+        dispatched.append(batch)
+
+    ingress.fan_in.dispatch = dispatch  # type: ignore[method-assign]
+    ingress.start()
+    ingress.check_health()
+    assert await ingress.ready()
+    batch = [("u1", "run-1", 1, ["{}"], None)]
+    await batches.put(batch)
+    await sleep.waiting.wait()  # the poll loop failed and waits to restart
+    with pytest.raises(RuntimeError, match="poll-0 .RuntimeError: dispatch broke"):
         ingress.check_health()
-    assert isinstance(failed.value.__cause__, ValueError)
+    assert not await ingress.ready()
+    report = ingress.admin.local_stats()
+    assert report["loop_restarts"] == 1 and not report["loops"]["poll-0"]["up"]
+    sleep.release()
+    await batches.put(batch)
+    for _ in range(1000):  # event-loop turns, not time: the restarted loop takes it at once
+        if len(dispatched) == 2:
+            break
+        await asyncio.sleep(0)
+    assert dispatched[1] == batch
+    ingress.check_health()
+    assert await ingress.ready()
+    await ingress.stop()
+    assert ingress.loops.loops == {}
 
 
 async def test_sockets_are_counted_at_admission_up_to_the_limit() -> None:
