@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, suppress
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from actors import metrics
 from actors.stats import LatencyWindow
+from actors.supervise import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class GroupCommitter(Generic[C]):
         self._queue: asyncio.Queue[_Pending[C]] = asyncio.Queue(maxsize=queue_max)
         self._batch_max = batch_max
         self._flush_s = flush_s
-        self._task: asyncio.Task[None] | None = None
+        # The writer loop: if it fails outside a transaction (a bug of ours), the batch it
+        # held is failed, not left waiting, and the loop is restarted with backoff.
+        self.loops = Supervisor("group-commit")
         self._closing = False
         self.written = 0
         self.batches = 0
@@ -69,9 +72,14 @@ class GroupCommitter(Generic[C]):
         return self._queue.qsize()
 
     def start(self) -> None:
-        """Start the writer task (idempotent; needs a running loop)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        """Start the writer loop (idempotent; needs a running loop)."""
+        if not self.loops.loops:
+            self.loops.start("writer", self._run)
+
+    @property
+    def restarts(self) -> int:
+        """How often the writer loop failed and was restarted."""
+        return sum(loop.restarts for loop in self.loops.loops.values())
 
     async def submit(self, op: Operation[C]) -> Any:
         """Queue `op`, wait until its batch is committed, return its result."""
@@ -89,13 +97,10 @@ class GroupCommitter(Generic[C]):
     async def close(self) -> None:
         """Stop taking operations, commit everything queued, then stop the writer."""
         self._closing = True
-        if self._task is None:
+        if not self.loops.loops:
             return
         await self._queue.join()
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        await self.loops.stop()
 
     async def _take_batch(self) -> list[_Pending[C]]:
         batch = [await self._queue.get()]
@@ -120,6 +125,11 @@ class GroupCommitter(Generic[C]):
             batch = await self._take_batch()
             try:
                 await self._commit(batch)
+            except Exception as exc:
+                for item in batch:  # not committed, or not told: never leave a caller waiting
+                    if not item.future.done():
+                        self._fail(item, exc)
+                raise  # the supervisor logs it and restarts the loop
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -328,6 +328,7 @@ class Persistence(PersistenceReads):
             "written": self._writer.written,
             "batches": self._writer.batches,
             "failed": self._writer.failed,
+            "writer_restarts": self._writer.restarts,
             "reads": self.reads,
             "known_users": len(self._known_users),
             "known_sessions": len(self._known_sessions),

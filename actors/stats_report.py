@@ -122,6 +122,7 @@ def merge_persistence(writers: list[dict[str, Any]]) -> dict[str, Any]:
         key: sum(writer[key] for writer in writers)
         for key in ("queue_depth", "written", "batches", "failed", "reads")
     }
+    totals["writer_restarts"] = sum(writer.get("writer_restarts", 0) for writer in writers)
     lag_ms = {
         key: max(writer["lag_ms"][key] for writer in writers) for key in writers[0]["lag_ms"]
     }

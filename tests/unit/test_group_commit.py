@@ -138,6 +138,27 @@ async def test_writer_keeps_going_after_a_failure() -> None:
         await gc.close()
 
 
+async def test_a_bug_outside_the_transaction_fails_its_batch_and_the_writer_restarts() -> None:
+    store = FakeStore()
+    broken = [True]
+
+    def on_rollback() -> None:
+        if broken.pop():
+            raise KeyError("bookkeeping broke")  # a bug of ours, outside any transaction
+
+    gc = GroupCommitter(
+        store.transaction, queue_max=10, batch_max=10, flush_s=0.0, on_rollback=on_rollback
+    )
+    try:
+        with pytest.raises(KeyError):  # told, not left waiting
+            await asyncio.wait_for(gc.submit(failing("first")), GUARD)
+        assert await asyncio.wait_for(gc.submit(write("after")), GUARD) == "after"
+        assert store.committed == ["after"]
+        assert gc.restarts == 1 and gc.failed == 1
+    finally:
+        await gc.close()
+
+
 async def test_close_commits_everything_queued_before_returning() -> None:
     store = FakeStore()
     gc = committer(store)
