@@ -11,7 +11,7 @@ from actors.db_schema import messages, preferences, todos
 from actors.records import UserContext
 
 FINAL_STATUSES = ("completed", "cancelled", "failed")
-# What a reply row says about its run's end (see UserShard._final_from_row).
+# What a reply row says about its run's end (see actors.shard.model.final_from_row).
 REPLY_COLUMNS = (
     messages.c.id,
     messages.c.text,

@@ -11,7 +11,7 @@ from typing import Any
 from actors.persistence_router import PersistenceRouter
 from actors.remote import RemoteCaller
 from actors.runs import AGENT_NAMES
-from actors.user_shard import UserShard
+from actors.shard import UserShard
 from config import Settings
 
 

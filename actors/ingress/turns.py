@@ -14,7 +14,7 @@ from actors.http_turn import HttpTurn
 from actors.ingress.fan_in import FanIn
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume
 from actors.remote import RemoteCaller, until_up
-from actors.user_shard import ChatRequest
+from actors.shard import ChatRequest
 from config import Settings
 
 logger = logging.getLogger(__name__)

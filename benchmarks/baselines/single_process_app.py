@@ -7,7 +7,7 @@ shared by all users), one `UserShard` (context and session caches, run
 registry, per-session lanes, so `on_busy`, `cancel` and `resume` behave as in
 raychat; its `owner_ref()` is the shard itself). One task long-polls the
 manager (`await manager.poll(replica_id, timeout)`) and fans each batch out to
-the user's `Connection`s, as `actors/ingress.py` does per agent actor; every
+the user's `Connection`s, as `actors/ingress/fan_in.py` does per agent actor; every
 socket has its own receive loop and sender task. `GET /stats` returns the
 PROTOCOL.md statistics document (unauthenticated: it listens on loopback).
 """
@@ -24,8 +24,8 @@ from actors.connection import Connection
 from actors.messages import Cancel, Chat, ClientMessage, Resume
 from actors.persistence import Persistence
 from actors.runs import AGENT_NAMES
+from actors.shard import ChatRequest, UserShard
 from actors.stats_report import merge_stats
-from actors.user_shard import ChatRequest, UserShard
 from benchmarks.baselines._common import Backend, PersistenceTools, run_main
 from config import Settings
 
