@@ -125,12 +125,16 @@ class ChatClient:
             return closed.rcvd.code if closed.rcvd else None
 
 
-async def resume_to_final(url: str, run_id: str, after_seq: int, attempts: int = 100) -> RunLog:
+async def resume_to_final(
+    url: str, run_id: str, after_seq: int, attempts: int = 100, cancel: bool = False
+) -> RunLog:
     """Reconnect and `resume` a run until its final event, as a client after a 1001 does.
 
     While a rollout goes on, a new socket may land on a replica that is itself
     stopping (closed with 1001 again) or find no replica for a moment (refused):
     try again, resuming after the last event received. Bounded by `attempts`.
+    `cancel`: once a delta arrives on the resumed socket, cancel the run (its
+    final event is then `run.cancelled`, unless it had ended already).
     """
     log = RunLog(run_id)
     for _ in range(attempts):
@@ -139,6 +143,9 @@ async def resume_to_final(url: str, run_id: str, after_seq: int, attempts: int =
                 last = log.events[-1]["seq"] if log.events else after_seq
                 await client.send({"type": "resume", "run_id": run_id, "after_seq": last})
                 try:
+                    if cancel:
+                        await client.next_of("message.delta")  # it goes on past the cut
+                        await client.send({"type": "cancel", "run_id": run_id})
                     await client.until_final(run_id)
                 finally:
                     log.events += client.runs[run_id].events if run_id in client.runs else []

@@ -93,20 +93,34 @@ async def test_resume_after_the_run_finished_from_buffer_then_database(service: 
 
 async def test_enqueue_runs_strictly_in_order(service: Service) -> None:
     async with ChatClient(service.ws_url("u-queue")) as client:
-        first = await client.start("first, in 30 words", session_id="q")
+        # The first run outlasts the test (30 s of tokens), so the second one is queued
+        # behind it whatever the machine's load; the test then ends the first itself.
+        first = await client.start("first, in 3000 words", session_id="q")
         second = await client.start("second one", session_id="q")
         queued = await client.next_of("run.queued")
         assert queued == {"type": "run.queued", "position": 1, "run_id": second, "seq": 2}
+        await client.next_of("message.delta")
+        await client.send({"type": "cancel", "run_id": first})
+        # Runs of a session run strictly in order: the second starts only once the
+        # first one's reply is stored. Events of different runs may reach the socket
+        # in either order (each agent actor is polled on its own), so the order is
+        # judged from the store at the moment the second run has started.
+        while not any(e["type"] == "run.started" for e in client.runs[second].events):
+            await client.recv()
+        first_reply = service.query(
+            "SELECT status FROM messages WHERE run_id = ? AND role = 'assistant'", first
+        )
+        assert first_reply == [("cancelled",)]
         a = await client.until_final(first)
         b = await client.until_final(second)
-    order = [(e["run_id"], e["type"]) for e in client.received if "run_id" in e]
-    assert order.index((first, "run.completed")) < order.index((second, "run.started"))
+    assert a.final is not None and a.final["type"] == "run.cancelled"
+    assert b.final is not None and b.final["type"] == "run.completed"
     assert contiguous(a.events) and contiguous(b.events)
     rows = service.query(
         "SELECT run_id, role, status FROM messages WHERE user_id = 'u-queue' ORDER BY id"
     )
     assert [r[0] for r in rows] == [first, first, second, second]
-    assert [r[2] for r in rows if r[1] == "assistant"] == ["completed", "completed"]
+    assert [r[2] for r in rows if r[1] == "assistant"] == ["cancelled", "completed"]
 
 
 async def test_reject_and_interrupt(service: Service) -> None:
@@ -163,16 +177,28 @@ async def test_cancel_stops_the_model_and_keeps_the_partial_reply(service: Servi
         assert stored == [(run.deltas_text, "cancelled")]
         assert run.final["text"] == run.deltas_text
 
-        # The model stopped: a 50-token turn afterwards adds exactly 50 emitted tokens.
+        # The model stopped: once no run is active anywhere (runs of earlier tests
+        # included), a 50-token turn adds exactly 50 emitted tokens. A model still
+        # streaming for a cancelled run would add more.
+        await _until_no_run_is_active(service)
         before = service.stats()["agent_manager"]["tokens_emitted"]
-        await client.turn("now a normal one in 50 words")
+        turn = await client.turn("now a normal one in 50 words")
         after = service.stats()["agent_manager"]["tokens_emitted"]
+        assert turn.final is not None and len(turn.final["text"].split()) == 50
         assert after - before == 50
 
         # Cancelling a finished run answers with its final event.
         await client.send({"type": "cancel", "run_id": run_id})
         again = await client.next_of("run.cancelled")
         assert again == run.final
+
+
+async def _until_no_run_is_active(service: Service) -> None:
+    """Poll the stats until no agent actor executes a run (bounded)."""
+    deadline = time.monotonic() + 60
+    while service.stats()["runs"]["active"] != 0:
+        assert time.monotonic() < deadline, "runs of earlier tests are still active"
+        await asyncio.sleep(0.2)  # poll for the condition, bounded by the deadline
 
 
 async def test_same_client_msg_id_twice_also_across_a_reconnect(service: Service) -> None:
@@ -241,6 +267,21 @@ async def test_a_user_cannot_reach_another_users_run(service: Service) -> None:
 
 
 async def test_stats_count_queued_cancelled_and_resumed(service: Service) -> None:
-    stats = service.stats()
-    assert {"queued", "cancelled", "resumed"} <= set(stats["runs"])
-    assert stats["runs"]["cancelled"] >= 1 and stats["runs"]["resumed"] >= 1
+    """The counters move by what this test itself does (earlier tests moved them too)."""
+    before = service.stats()["runs"]
+    assert {"queued", "cancelled", "resumed"} <= set(before)
+    async with ChatClient(service.ws_url("u-counted")) as client:
+        held = await client.start("hold the session in 3000 words", session_id="c")
+        waiting = await client.start("wait behind it", session_id="c")
+        await client.next_of("run.queued")
+        # `queued` counts the runs waiting now: this one at least.
+        assert service.stats()["runs"]["queued"] >= 1
+        await client.send({"type": "cancel", "run_id": held})
+        cancelled = await client.until_final(held)
+        assert cancelled.final is not None and cancelled.final["type"] == "run.cancelled"
+        await client.until_final(waiting)
+        await client.send({"type": "resume", "run_id": held, "after_seq": 1})
+        await client.next_of("run.cancelled")
+    after = service.stats()["runs"]
+    assert after["cancelled"] - before["cancelled"] >= 1
+    assert after["resumed"] - before["resumed"] >= 1

@@ -73,7 +73,6 @@ class Observed:
     close: websockets.ConnectionClosed | None = None
     drained_frames: int = 0
     slow_closed: int = 0  # sockets the ingress itself closed for not reading
-    queue_peak: int = 0  # the largest outbound queue of one socket on the replica
     rss_growth: dict[str, int] = field(default_factory=dict)  # kind -> peak RSS growth
 
 
@@ -125,7 +124,6 @@ async def scenario(service: Service, base: str) -> Observed:
         deadline = stuck_at + CLOSE_DEADLINE_S
         while time.monotonic() < deadline:
             stats = await ingress()
-            seen.queue_peak = max(seen.queue_peak, stats["outbound_queued_max"])
             for proc in rss_by_pid(*WATCHED).values():
                 start = baseline.get(proc.pid)
                 if start is not None:
@@ -154,7 +152,7 @@ async def scenario(service: Service, base: str) -> Observed:
     print(  # shown with -s: the numbers behind the bounds above
         f"\nslow reader: closed after {seen.closed_by_server_after_s}s, "
         f"{seen.drained_frames} frames were waiting, close {seen.close!r}, "
-        f"queue peak {seen.queue_peak}, RSS growth (MiB) "
+        f"RSS growth (MiB) "
         f"{ {k: round(v / MIB, 1) for k, v in seen.rss_growth.items()} }"
     )
     return seen
@@ -184,7 +182,9 @@ def test_the_stuck_socket_is_cut_and_memory_stays_bounded(
 ) -> None:
     assert observed.closed_by_server_after_s is not None, "the stuck socket was never closed"
     assert observed.close is not None, "the client still had an open socket"
-    assert observed.queue_peak <= QUEUE_MAX
+    # The ingress's own outbound queue is bounded by construction (`asyncio.Queue(maxsize)`),
+    # so its size proves nothing: what the stuck socket costs is judged by the RSS of the
+    # processes that hold its backlog (the replica and the proxy), and by its being cut.
     assert set(observed.rss_growth) >= {"ProxyActor", f"ServeReplica:{SLOW_APP}:{SLOW_APP}-ingress"}
     for kind, growth in observed.rss_growth.items():
         assert growth <= RSS_GROWTH_MAX, f"{kind} grew by {growth / MIB:.1f} MiB"

@@ -347,12 +347,21 @@ async def test_requests_beyond_the_concurrency_cap_wait_instead_of_flooding(
             async with fake.arrivals:
                 await fake.arrivals.wait_for(lambda: fake.in_flight >= count)
 
-        # Two streams reach the endpoint and hold their connections; three wait. Without
-        # the cap a third arrives within milliseconds on loopback: 1 s is a wide margin.
+        pool = client._client._transport._pool  # the HTTP client's connection pool
+
+        async def pool_holds(active: int, queued: int) -> None:
+            while True:
+                states = [request.is_queued() for request in pool._requests]
+                if (states.count(False), states.count(True)) == (active, queued):
+                    return
+                await asyncio.sleep(0.01)  # poll the pool, bounded by the caller's wait_for
+
+        # Two streams reach the endpoint and hold their connections; the other three
+        # were sent too and wait in the pool for a connection (without the cap each would
+        # open its own), so none of them can reach the endpoint while the two hold.
         await asyncio.wait_for(in_flight(2), POLL_BOUND_S)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(in_flight(3), 1.0)
-        assert len(fake.bodies) == 2
+        await asyncio.wait_for(pool_holds(active=2, queued=3), POLL_BOUND_S)
+        assert fake.in_flight == 2 and len(fake.bodies) == 2
         endpoint.fake.release.set()
         replies = await asyncio.wait_for(asyncio.gather(*streams), POLL_BOUND_S)
     finally:
