@@ -15,7 +15,6 @@ from actors.persistence import Persistence, TurnRecord
 from config import Settings
 from tests.databases import Database
 
-NOTHING = 0.01  # how long to watch for "nothing happens"
 GUARD = 10.0  # upper bound for something that must happen
 
 
@@ -442,13 +441,17 @@ async def test_close_commits_everything_queued(db: Database) -> None:
         gate_task = asyncio.create_task(p._writer.submit(gate))
         await asyncio.wait_for(entered.wait(), GUARD)  # the writer is busy
         queued = [asyncio.create_task(turn(p, f"run-{i}", f"q{i}", user=f"u{i}")) for i in range(6)]
-        done, _ = await asyncio.wait(queued, timeout=NOTHING)
-        assert not done
+        for _ in range(5000):  # poll (bounded) until every turn waits in the queue
+            if p.stats()["queue_depth"] == 6:
+                break
+            await asyncio.sleep(0.001)  # the turns reach the queue; the gate holds the writer
         assert p.stats()["queue_depth"] == 6
+        assert not any(task.done() for task in queued)
 
         closer = asyncio.create_task(p.close())
-        done, _ = await asyncio.wait({closer}, timeout=NOTHING)
-        assert not done
+        for _ in range(100):  # event-loop turns: close runs until it waits for the queue
+            await asyncio.sleep(0)
+        assert not closer.done()  # it waits for the queued writes
         release.set()
         await asyncio.wait_for(closer, GUARD)
         assert gate_task.done()
