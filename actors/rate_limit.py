@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -40,3 +41,8 @@ class TokenBucket:
         """True when the bucket has refilled completely (it can be forgotten)."""
         self._refill()
         return self._tokens >= self.burst
+
+
+def retry_after(wait_s: float) -> float:
+    """A refusal's `retry_after`: the wait in seconds, rounded up to the millisecond (> 0)."""
+    return max(0.001, math.ceil(wait_s * 1000) / 1000)

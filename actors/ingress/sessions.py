@@ -20,7 +20,7 @@ from actors.ingress.fan_in import FanIn
 from actors.ingress.sockets import CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_LARGE, SocketTable
 from actors.ingress.turns import SHARD_RETRY_S, Turns, remote_cause
 from actors.messages import parse_frame
-from actors.rate_limit import TokenBucket
+from actors.rate_limit import TokenBucket, retry_after
 from actors.remote import until_up
 from config import Settings
 
@@ -156,7 +156,7 @@ class Sessions:
                 self.counters["errors"] += 1
                 metrics.error_sent("rate_limited")
                 conn.send_event(
-                    error_event("rate_limited", "too many frames", retry_after=round(wait_s, 3))
+                    error_event("rate_limited", "too many frames", retry_after=retry_after(wait_s))
                 )
                 continue
             text = message.get("text")

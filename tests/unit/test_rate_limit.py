@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.rate_limit import TokenBucket
+from actors.rate_limit import TokenBucket, retry_after
 
 
 class Clock:
@@ -39,3 +39,9 @@ def test_refill_is_capped_at_the_burst_and_full_says_so() -> None:
 def test_bad_parameters_are_refused(rate: float, burst: float) -> None:
     with pytest.raises(ValueError):
         TokenBucket(rate, burst)
+
+
+def test_retry_after_is_rounded_up_and_never_zero() -> None:
+    assert retry_after(0.0001) == 0.001  # round() would have said 0.0: "retry now"
+    assert retry_after(0.0012) == 0.002
+    assert retry_after(0.25) == 0.25
