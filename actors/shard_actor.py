@@ -40,8 +40,8 @@ class ShardActor(UserShard):
         return self.index
 
     async def ping(self) -> bool:
-        """Liveness for `/readyz`."""
-        return True
+        """Readiness for `/readyz`: False while a critical loop (the watchdog) is down."""
+        return self.healthy()
 
     async def warm_up(self) -> bool:
         """Reach every persistence writer and agent actor once, before the first chat."""

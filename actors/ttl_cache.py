@@ -10,6 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+TOMBSTONES_KEPT = 4096  # keys whose latest invalidation is remembered for `put_if_fresh`
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -30,6 +32,12 @@ class TTLCache(Generic[K, V]):
         self.misses = 0
         self.expired = 0
         self.evicted = 0
+        # Invalidations, for `put_if_fresh`: a global counter, the latest per key (the
+        # newest `TOMBSTONES_KEPT`), and the newest one forgotten (older loads are refused).
+        self._version = 0
+        self._tombstones: OrderedDict[K, int] = OrderedDict()
+        self._forgotten = 0
+        self.stale_loads = 0
 
     def get(self, key: K) -> V | None:
         """The live value for `key`, counting a hit, or None counting a miss."""
@@ -54,8 +62,30 @@ class TTLCache(Generic[K, V]):
             self.evicted += 1
 
     def invalidate(self, key: K) -> bool:
-        """Forget `key`; True if it was cached."""
+        """Forget `key`; True if it was cached. A load begun before it will not be cached."""
+        self._version += 1
+        self._tombstones.pop(key, None)
+        self._tombstones[key] = self._version
+        while len(self._tombstones) > TOMBSTONES_KEPT:
+            _, version = self._tombstones.popitem(last=False)
+            self._forgotten = max(self._forgotten, version)
         return self._data.pop(key, None) is not None
+
+    def ticket(self) -> int:
+        """Taken before a load: `put_if_fresh` stores its value unless invalidated since."""
+        return self._version
+
+    def put_if_fresh(self, key: K, value: V, ticket: int) -> bool:
+        """`put` a value loaded since `ticket`, unless `key` was invalidated meanwhile.
+
+        True if stored. When the invalidation is too old to be told apart (more
+        than `TOMBSTONES_KEPT` keys invalidated since), the value is not stored.
+        """
+        if ticket < self._forgotten or self._tombstones.get(key, 0) > ticket:
+            self.stale_loads += 1
+            return False
+        self.put(key, value)
+        return True
 
     def cleanup(self) -> int:
         """Drop every expired entry; return how many were dropped."""
@@ -87,5 +117,6 @@ class TTLCache(Generic[K, V]):
             "hit_rate": round(self.hit_rate, 4),
             "expired": self.expired,
             "evicted": self.evicted,
+            "stale_loads": self.stale_loads,
             "ttl_s": self.ttl_s,
         }

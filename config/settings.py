@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     context_ttl_s: float = Field(default=600.0, gt=0)
     context_cache_max: int = Field(default=100_000, ge=1)
     session_cache_max: int = Field(default=20_000, ge=1)
+    session_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # text of cached histories
     history_messages: int = Field(default=20, ge=0, le=1000)
 
     # Start-up: how long a replica waits for its actors to answer and warm up.

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from actors.call_batcher import settle_each
 from actors.errors import BadRequest, Busy, RateLimited, RaychatError, Unavailable
 from actors.events import Event, accepted_event
 from actors.rate_limit import TokenBucket
@@ -20,6 +24,8 @@ from config import Settings
 logger = logging.getLogger(__name__)
 
 Admitted = tuple[Run, Lane, TurnRecord]
+Sleep = Callable[[float], Awaitable[None]]
+OnRetry = Callable[[], None]
 
 
 class RateLimits:
@@ -67,8 +73,12 @@ class Admission:
         contexts: TTLCache[str, UserContext],
         sessions: SessionCache,
         counts: dict[str, int],
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
         self._store = store
         self._agents = agents
         self._agent_names = frozenset(agent_names)
@@ -81,8 +91,12 @@ class Admission:
         self._counts = counts
         self._next_agent = 0
 
-    async def admit(self, request: ChatRequest, *, draining: bool) -> Admitted | list[Event]:
+    async def admit(
+        self, request: ChatRequest, *, draining: bool, on_retry: OnRetry | None = None
+    ) -> Admitted | list[Event]:
         """The new run (registered, in its lane, its turn stored), or a duplicate's answer.
+
+        `on_retry` is called when storing its turn failed once and is to be retried.
 
         Raises for a chat refused: the service drains (`Unavailable`), an unknown
         agent (`BadRequest`), the user's rate limit (`RateLimited`), a busy
@@ -125,6 +139,7 @@ class Admission:
         if not busy:  # it starts at once: look up what it needs now, load misses with the turn
             run.context = self._contexts.get(request.user_id)
             run.history = self._sessions.get(request.user_id, request.session_id)
+        ticket = self._contexts.ticket()  # a tool's write during the load wins over it
         try:
             record = await begin_turn(
                 self._store,
@@ -133,6 +148,9 @@ class Admission:
                 history_limit=self._settings.history_messages
                 if not busy and run.history is None
                 else 0,
+                clock=self._clock,
+                sleep=self._sleep,
+                on_retry=on_retry,
             )
         except BaseException:
             self._lanes.forget(lane, run)
@@ -147,7 +165,7 @@ class Admission:
             ]
         self._counts["accepted"] += 1
         if record.context is not None:
-            self._contexts.put(request.user_id, record.context)
+            self._contexts.put_if_fresh(request.user_id, record.context, ticket)
             run.context = record.context
         if record.history is not None:
             self._sessions.put(request.user_id, request.session_id, record.history)
@@ -162,14 +180,22 @@ class Admission:
 
 
 async def begin_turn(
-    store: ShardStore, request: ChatRequest, *, context: bool, history_limit: int
+    store: ShardStore,
+    request: ChatRequest,
+    *,
+    context: bool,
+    history_limit: int,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    on_retry: OnRetry | None = None,
 ) -> TurnRecord:
     """Store the user message, retrying while the persistence actor restarts.
 
     A retry is safe: a turn is keyed by its run id, so a write that did
-    commit before its answer was lost is found, not stored twice.
+    commit before its answer was lost is found, not stored twice. `on_retry`
+    is called before the first retry.
     """
-    deadline = time.monotonic() + STORE_RETRY_S
+    deadline = clock() + STORE_RETRY_S
     attempt = 0
     while True:
         try:
@@ -187,8 +213,112 @@ async def begin_turn(
             raise
         except Exception:
             delay = min(2.0, 0.25 * (attempt + 1))
-            if time.monotonic() + delay > deadline:
+            if clock() + delay > deadline:
                 raise
             logger.warning("storing run %s failed; retrying", request.run_id, exc_info=True)
-            await asyncio.sleep(delay)  # its persistence writer restarting
+            if attempt == 0 and on_retry is not None:
+                on_retry()
+            await sleep(delay)  # its persistence writer restarting
             attempt += 1
+
+
+@dataclass(frozen=True)
+class ChatDeferred:
+    """A batch's answer for a chat still retrying its store: ask `chat_result(run_id)`."""
+
+    run_id: str
+
+
+Chat = Callable[[ChatRequest, OnRetry], Coroutine[Any, Any, list[Event]]]
+
+
+class BatchChats:
+    """Answers a batch of chats at once, except those waiting on a store retry.
+
+    A chat whose turn must be stored again (its persistence writer restarting)
+    is answered in the batch by `ChatDeferred`; it goes on in a task of its own,
+    kept here until its caller fetches its answer with `result` (at most
+    `keep` answers not fetched are kept; the oldest finished ones are dropped).
+    """
+
+    def __init__(self, chat: Chat, keep: int = 1024) -> None:
+        self._chat = chat
+        self._keep = keep
+        self._deferred: OrderedDict[str, asyncio.Task[list[Event]]] = OrderedDict()
+
+    async def run(self, calls: Sequence[tuple[ChatRequest]]) -> list[Any]:
+        """Each chat's events or error, or `ChatDeferred` for one still retrying."""
+        loop = asyncio.get_running_loop()
+        entries: list[tuple[ChatRequest, asyncio.Event, asyncio.Task[list[Event]]]] = []
+        for (request,) in calls:
+            retrying = asyncio.Event()
+            task = loop.create_task(
+                self._chat(request, retrying.set), name=f"chat-{request.run_id}"
+            )
+            entries.append((request, retrying, task))
+        try:
+            await asyncio.gather(*(_answered_or_retrying(t, r) for _, r, t in entries))
+        except BaseException:
+            for _, _, task in entries:
+                task.cancel()  # the batch's caller went away: so do its chats
+            raise
+        answers: list[Awaitable[Any]] = []
+        for request, _, task in entries:
+            if task.done():
+                answers.append(task)
+            else:
+                self._defer(request.run_id, task)
+                answers.append(_now(ChatDeferred(request.run_id)))
+        return await settle_each(answers)
+
+    async def result(self, run_id: str) -> list[Event]:
+        """The answer of a deferred chat (once); `KeyError` if none is kept."""
+        task = self._deferred[run_id]
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._deferred.pop(run_id, None)
+
+    def _defer(self, run_id: str, task: asyncio.Task[list[Event]]) -> None:
+        self._deferred[run_id] = task
+        task.add_done_callback(_log_failure)
+        while len(self._deferred) > self._keep:
+            oldest = next((k for k, t in self._deferred.items() if t.done()), None)
+            if oldest is None:
+                break  # all still running (each bounded by the store retry)
+            del self._deferred[oldest]
+
+    def __len__(self) -> int:
+        return len(self._deferred)
+
+    async def stop(self) -> None:
+        """Cancel the deferred chats still running; wait for them."""
+        tasks = list(self._deferred.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._deferred.clear()
+
+
+async def _answered_or_retrying(task: asyncio.Task[list[Event]], retrying: asyncio.Event) -> None:
+    """Until the chat is answered or is waiting to retry its store."""
+    waiter = asyncio.get_running_loop().create_task(retrying.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def _now(value: Any) -> Any:
+    return value
+
+
+def _log_failure(task: asyncio.Task[list[Event]]) -> None:
+    """Log a deferred chat's unexpected failure (its answer is the error)."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not isinstance(error, RaychatError):
+        logger.error("a deferred chat failed", exc_info=error)

@@ -24,7 +24,7 @@ from actors.events import RUN_QUEUED, Event, accepted_event
 from actors.records import UserContext
 from actors.replica_reports import ReplicaReports
 from actors.runs import RunOutcome, RunSpec
-from actors.shard.admission import Admission, RateLimits
+from actors.shard.admission import Admission, BatchChats, OnRetry, RateLimits
 from actors.shard.housekeeping import Housekeeping
 from actors.shard.lanes import Lanes
 from actors.shard.launch import Launcher
@@ -39,7 +39,7 @@ from actors.ttl_cache import TTLCache
 from config import Settings
 
 COUNTS: tuple[str, ...] = ("accepted", "duplicates", "queued", "rejected", "interrupted", "resumed")
-COUNTS += ("rate_limited", "sockets_refused", "cancel_requests", "lost", "drained")
+COUNTS += ("rate_limited", "sockets_refused", "cancel_requests", "lost", "drained", "unsettled")
 
 
 class UserShard:
@@ -69,8 +69,14 @@ class UserShard:
         self.contexts: TTLCache[str, UserContext] = TTLCache(
             ttl_s=settings.context_ttl_s, max_size=settings.context_cache_max, clock=clock
         )
-        self.sessions = SessionCache(settings.session_cache_max, settings.history_messages)
-        self.presence = Presence()
+        self.sessions = SessionCache(
+            settings.session_cache_max,
+            settings.history_messages,
+            settings.session_cache_max_bytes,
+        )
+        # Replicas report every `agent_check_s`; one silent for five reports is gone.
+        live_s = max(5.0, 5 * settings.agent_check_s)
+        self.presence = Presence(live_s=live_s, clock=clock)
         self.runs: dict[str, Run] = {}
         self.rate_limits = RateLimits(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
         self._lost = lost = LostRuns(store, self._agents, self.counts, sleep)
@@ -121,7 +127,10 @@ class UserShard:
             contexts=self.contexts,
             sessions=self.sessions,
             counts=self.counts,
+            clock=clock,
+            sleep=sleep,
         )
+        self.batch_chats = BatchChats(lambda request, on_retry: self.chat(request, on_retry))
         self.queries = RunQueries(
             runs=self.runs,
             lanes=self.lanes,
@@ -139,7 +148,7 @@ class UserShard:
             clock=clock,
         )
         # Ingress replicas' counters, sent with their `ensure_ready` calls (service-wide stats).
-        self.replicas = ReplicaReports(live_s=max(5.0, 5 * settings.agent_check_s), clock=clock)
+        self.replicas = ReplicaReports(live_s=live_s, clock=clock)
         self._exporter = metrics.CountExporter(clock=clock)
 
     # -- presence ---------------------------------------------------------
@@ -148,6 +157,7 @@ class UserShard:
 
         `limit` is the calling ingress's `max_sockets_per_user` (default: this shard's).
         """
+        self.presence.prune()  # a dead replica's sockets do not count against the limit
         if self.presence.connect(user_id, replica_id, limit or self._settings.max_sockets_per_user):
             return True
         self.counts["sockets_refused"] += 1
@@ -160,11 +170,16 @@ class UserShard:
     # -- context ----------------------------------------------------------
     async def context(self, user_id: str, refresh: bool = False) -> UserContext:
         """The user's cached context, loaded from the database on a miss or when forced."""
-        cached = None if refresh else self.contexts.get(user_id)
-        if cached is not None:
-            return cached
+        if refresh:
+            self.contexts.invalidate(user_id)  # a load begun before this one is not cached
+        else:
+            cached = self.contexts.get(user_id)
+            if cached is not None:
+                return cached
+        ticket = self.contexts.ticket()
         loaded = await self._store.load_context(user_id)
-        self.contexts.put(user_id, loaded)
+        # A tool's write wins: an `invalidate_context` during the load leaves it uncached.
+        self.contexts.put_if_fresh(user_id, loaded, ticket)
         return loaded
 
     async def invalidate_context(self, user_id: str) -> bool:
@@ -172,11 +187,21 @@ class UserShard:
         return self.contexts.invalidate(user_id)
 
     # -- chats --------------------------------------------------------------
-    async def chats(self, calls: list[tuple[ChatRequest]]) -> list[Any]:
-        """`chat` for each argument tuple, in one call and in order; each one's events or error."""
+    async def chats(self, calls: list[tuple[ChatRequest]], defer: bool = False) -> list[Any]:
+        """`chat` for each argument tuple, in one call and in order; each one's events or error.
+
+        `defer`: a chat retrying its store is answered by `ChatDeferred` (fetch its
+        answer with `chat_result`), so no chat waits on another user's retry.
+        """
+        if defer:
+            return await self.batch_chats.run(calls)
         return await settle_each([self.chat(*args) for args in calls])
 
-    async def chat(self, request: ChatRequest) -> list[Event]:
+    async def chat_result(self, run_id: str) -> list[Event]:
+        """The answer of a chat a `chats` batch deferred."""
+        return await self.batch_chats.result(run_id)
+
+    async def chat(self, request: ChatRequest, on_retry: OnRetry | None = None) -> list[Event]:
         """Accept a chat: store the user message, then start or queue its run.
 
         Returns events for the requesting socket to send itself (duplicates and
@@ -187,7 +212,7 @@ class UserShard:
         self.housekeeping.maybe()
         for run_id, status, text in request.ended:  # first: even a refused chat brings them
             self._end_run(request.user_id, run_id, status, text)
-        admitted = await self.admission.admit(request, draining=self._draining)
+        admitted = await self.admission.admit(request, draining=self._draining, on_retry=on_retry)
         if isinstance(admitted, list):
             return admitted  # a duplicate: its run was taken before
         run, lane, record = admitted
@@ -271,6 +296,8 @@ class UserShard:
         await self.recovery.ready()
         if report is not None:
             self.replicas.put(report)
+            self.presence.heard(report["replica_id"])
+        self.presence.prune()
         if self._exporter.due():
             export_metrics(
                 self._exporter,
@@ -305,6 +332,7 @@ class UserShard:
     async def stop(self) -> None:
         """Stop the watchdog and wait for runs being started (their agents store them)."""
         await self.supervision.stop()
+        await self.batch_chats.stop()
         tasks = [run.task for run in self.runs.values() if run.task and not run.task.done()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -320,4 +348,8 @@ class UserShard:
             contexts=self.contexts,
             sessions=self.sessions,
             replicas=self.replicas,
-        )
+        ) | {"loops": self.supervision.stats(), "recovery": self.recovery.stats()}
+
+    def healthy(self) -> bool:
+        """False while a critical background loop (the watchdog) is down."""
+        return self.supervision.healthy()

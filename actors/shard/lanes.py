@@ -56,6 +56,7 @@ class Lanes:
             self.advance(lane)
         elif run.run_id in lane.queue:
             lane.queue.remove(run.run_id)
+        self._drop_if_empty(run.key, lane)
 
     def advance(self, lane: Lane) -> None:
         """Make the next known queued run active and launch it once it is stored."""
@@ -73,14 +74,19 @@ class Lanes:
         if lane is not None and lane.active == run.run_id:
             lane.active = None
             self.advance(lane)
-            if lane.active is None and not lane.queue:
-                self._lanes.pop(run.key, None)
+            self._drop_if_empty(run.key, lane)
 
     def unqueue(self, run: Run) -> None:
         """Take a queued run out of its lane's queue (it was cancelled)."""
         lane = self._lanes.get(run.key)
         if lane is not None and run.run_id in lane.queue:
             lane.queue.remove(run.run_id)
+            self._drop_if_empty(run.key, lane)
+
+    def _drop_if_empty(self, key: LaneKey, lane: Lane) -> None:
+        """Drop `lane` once it has neither an active nor a queued run."""
+        if lane.active is None and not lane.queue and self._lanes.get(key) is lane:
+            del self._lanes[key]
 
     def hold(self, run: Run) -> None:
         """A run found running on an agent (recovery): it holds its lane until it ends."""

@@ -58,6 +58,7 @@ class Launcher:
         run.task = asyncio.get_running_loop().create_task(
             self._drive(run), name=f"drive-{run.run_id}"
         )
+        run.task.add_done_callback(lambda task: _log_failure(run.run_id, task))
 
     async def _history(self, user_id: str, session_id: str, run_id: str) -> History:
         cached = self._sessions.get(user_id, session_id)
@@ -102,8 +103,11 @@ class Launcher:
             outcome = await self._lost.settle(
                 run.run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
             )
-            await self._run_ended(run.user_id, outcome)
-            return
+            if outcome is not None:
+                await self._run_ended(run.user_id, outcome)
+                return
+            # Its failure is not stored, so nothing was told: leave it to the watchdog,
+            # which finds no agent holding it and settles it again at its checks.
         # From here its agent calls `run_ended`; the watchdog notices if the agent dies.
         run.on_agent = True
         self._watch()
@@ -121,3 +125,9 @@ class Launcher:
                 logger.warning("agent %d could not start run %s", run.agent_index, run.run_id)
                 run.agent_index = (run.agent_index + 1) % len(self._agents)
                 await self._sleep(0.2 * (attempt + 1))  # an agent restarting: back off
+
+
+def _log_failure(run_id: str, task: asyncio.Task[None]) -> None:
+    """Log how a run's starting task failed (the run's record owns the task)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("starting run %s failed", run_id, exc_info=task.exception())

@@ -1,36 +1,80 @@
-"""Which ingress replicas hold sockets of which users, and the per-user socket limit."""
+"""Which ingress replicas hold sockets of which users, and the per-user socket limit.
+
+Bounded by replica liveness: a replica is heard from when it reports (every
+`agent_check_s`, with `ensure_ready`) or opens or closes a socket; the sockets
+of a replica not heard from within `live_s` are forgotten (`prune`), so the
+users of a replica that died do not stay at their socket limit.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 
 class Presence:
     """Open sockets per user and replica; a run's events go to every replica of its user."""
 
-    def __init__(self) -> None:
+    def __init__(self, live_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._live_s = live_s
+        self._clock = clock
         self._sockets: dict[str, dict[str, int]] = {}  # user id -> replica id -> sockets
+        self._users_of: dict[str, set[str]] = {}  # replica id -> users with sockets there
+        self._heard: dict[str, float] = {}  # replica id -> when it was last heard from
         self.opened = 0
         self.closed = 0
+        self.dropped = 0  # sockets forgotten with a replica that went silent
+
+    def heard(self, replica_id: str) -> None:
+        """`replica_id` is alive (it reported, or opened or closed a socket)."""
+        self._heard[replica_id] = self._clock()
 
     def connect(self, user_id: str, replica_id: str, limit: int) -> bool:
         """Count a socket of `user_id` opened on `replica_id`; False (not counted) at `limit`."""
-        replicas = self._sockets.setdefault(user_id, {})
+        self.heard(replica_id)
+        replicas = self._sockets.get(user_id, {})
         if sum(replicas.values()) >= limit:
             return False
+        self._sockets[user_id] = replicas
         replicas[replica_id] = replicas.get(replica_id, 0) + 1
+        self._users_of.setdefault(replica_id, set()).add(user_id)
         self.opened += 1
         return True
 
     def disconnect(self, user_id: str, replica_id: str) -> None:
         """A socket of `user_id` closed on `replica_id`."""
+        self.heard(replica_id)
         replicas = self._sockets.get(user_id, {})
         left = replicas.get(replica_id, 0) - 1
         if left > 0:
             replicas[replica_id] = left
         else:
-            replicas.pop(replica_id, None)
-            if not replicas:
-                self._sockets.pop(user_id, None)
+            self._drop(user_id, replica_id)
         self.closed += 1
+
+    def prune(self) -> int:
+        """Forget the sockets of every replica not heard from within `live_s`; how many."""
+        now = self._clock()
+        silent = [r for r, at in self._heard.items() if now - at >= self._live_s]
+        dropped = 0
+        for replica_id in silent:
+            del self._heard[replica_id]
+            for user_id in self._users_of.get(replica_id, set()).copy():
+                dropped += self._sockets.get(user_id, {}).get(replica_id, 0)
+                self._drop(user_id, replica_id)
+        self.dropped += dropped
+        return dropped
+
+    def _drop(self, user_id: str, replica_id: str) -> None:
+        replicas = self._sockets.get(user_id, {})
+        replicas.pop(replica_id, None)
+        if not replicas:
+            self._sockets.pop(user_id, None)
+        users = self._users_of.get(replica_id)
+        if users is not None:
+            users.discard(user_id)
+            if not users:
+                del self._users_of[replica_id]
 
     def listeners(self, user_id: str, origin: str) -> dict[str, int]:
         """The replicas to send a new run's events to (each from seq 0), `origin` included."""
@@ -45,3 +89,12 @@ class Presence:
     def sockets(self) -> int:
         """Open sockets over all users and replicas."""
         return sum(sum(r.values()) for r in self._sockets.values())
+
+    def stats(self) -> dict[str, int]:
+        """Sizes: users with sockets, replicas heard from and holding sockets, sockets dropped."""
+        return {
+            "users": len(self._sockets),
+            "replicas": len(self._heard),
+            "replicas_with_sockets": len(self._users_of),
+            "dropped_sockets": self.dropped,
+        }

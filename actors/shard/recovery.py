@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
+from actors.errors import Unavailable
 from actors.events import Event, accepted_event
 from actors.runs import RunOutcome
 from actors.shard.lanes import Lanes
@@ -17,9 +19,17 @@ logger = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 EndRun = Callable[[str, str, str, str], None]  # (user id, run id, status, text)
 
+STORE_RETRY_S = 10.0  # longest a lost run's failure is retried (by backoff) in one pass
+FIRST_DELAY_S = 0.1
+MAX_DELAY_S = 2.0
+
 
 class LostRuns:
-    """Ends runs nobody else will end: their agent died, or the service drains."""
+    """Ends runs nobody else will end: their agent died, or the service drains.
+
+    Told equals stored (as `actors/reply_end.py` on the agent side): a run's
+    failure is announced only once the store holds it.
+    """
 
     def __init__(
         self,
@@ -41,14 +51,20 @@ class LostRuns:
         agent_hint: int,
         prelude: list[Event] | None = None,
         code: str = "internal",
-    ) -> RunOutcome:
-        """Store a lost (or drained) run as failed unless it had ended; tell its listeners."""
+    ) -> RunOutcome | None:
+        """Store a lost (or drained) run as failed unless it had ended; tell its listeners.
+
+        None if its failure could not be stored: nothing is announced then. Its
+        client sees no final event (the reply stays `streaming` in the store and
+        in a resume) until a later pass (the watchdog's next check, the next
+        recovery) stores it and tells it.
+        """
         self._counts["lost" if code == "internal" else "drained"] += 1
-        try:
-            row = await self._store.fail_if_streaming(reply_message_id, code)
-        except Exception:
-            logger.exception("could not mark the run %s failed", run_id)
-            row = {"status": "failed", "text": "", "error_code": code}
+        row = await self._fail_stored(run_id, reply_message_id, code)
+        if row is None:
+            self._counts["lost" if code == "internal" else "drained"] -= 1  # counted when done
+            self._counts["unsettled"] += 1
+            return None
         final = final_from_row(run_id, reply_message_id, row, seq=0)
         agents = len(self._agents)
         order = [(agent_hint + 1 + i) % agents for i in range(agents)]
@@ -65,13 +81,50 @@ class LostRuns:
         logger.error("nobody could announce the end of lost run %s", run_id)
         return RunOutcome(run_id, row["status"], row["text"], reply_message_id)
 
+    async def _fail_stored(
+        self, run_id: str, reply_message_id: int, code: str
+    ) -> dict[str, Any] | None:
+        """`fail_if_streaming`, repeated with backoff while it fails (it is keyed by the
+        reply's id: safe to repeat), for up to `STORE_RETRY_S`; the row, or None."""
+        waited = 0.0
+        delay = FIRST_DELAY_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._store.fail_if_streaming(reply_message_id, code)
+            except Exception:
+                if waited + delay > STORE_RETRY_S:
+                    logger.exception(
+                        "could not store run %s as failed after %d attempts; "
+                        "left for the next pass, nothing told",
+                        run_id,
+                        attempt,
+                    )
+                    return None
+                logger.warning(
+                    "could not store run %s as failed (attempt %d); again in %.1f s",
+                    run_id,
+                    attempt,
+                    delay,
+                    exc_info=True,
+                )
+            await self._sleep(delay)  # backoff while the store recovers
+            waited += delay
+            delay = min(MAX_DELAY_S, delay * 2)
+
     async def drain(self, runs: Iterable[Run], end_run: EndRun) -> int:
-        """Store every stored run still queued as failed (`shutdown`) and end it; how many."""
+        """Store every stored run still queued as failed (`shutdown`) and end it; how many.
+
+        A run whose failure could not be stored is left queued and untold (the
+        persistence actor's restart or the next recovery fails its row).
+        """
         queued = [
             run
             for run in runs
             if run.status == "queued" and run.spec is not None and run.ended_at is None
         ]
+        settled = 0
         for run in queued:
             assert run.spec is not None
             outcome = await self.settle(
@@ -82,15 +135,19 @@ class LostRuns:
                 run.prelude,
                 code="shutdown",
             )
-            end_run(run.user_id, run.run_id, outcome.status, outcome.text)
-        return len(queued)
+            if outcome is not None:
+                end_run(run.user_id, run.run_id, outcome.status, outcome.text)
+                settled += 1
+        return settled
 
 
 class Recovery:
     """Rebuilds a (re)started shard's runs from the rows still `streaming` in the store.
 
     A run an agent still holds is tracked again (its end frees its session); any
-    other is lost: stored failed (`internal`) and announced to its user.
+    other is lost: stored failed (`internal`) and announced to its user. A
+    recovery that fails is logged and tried again by the next `ready()`; until
+    one succeeds, calls that need it are refused with `Unavailable`.
     """
 
     def __init__(
@@ -114,17 +171,38 @@ class Recovery:
         self._lost = lost
         self._watch = watch
         self._recovered: asyncio.Future[None] | None = None
+        self.failures = 0  # recoveries that failed (each tried again by the next `ready`)
+        self.done = False
 
     async def ready(self) -> None:
-        """Rebuild this shard's runs from the database once, after a (re)start."""
-        if self._recovered is None:
-            self._recovered = asyncio.get_running_loop().create_future()
+        """Rebuild this shard's runs from the database once, after a (re)start.
+
+        Raises `Unavailable` if the recovery failed (it is tried again next time).
+        """
+        recovered = self._recovered
+        if recovered is None:
+            recovered = self._recovered = asyncio.get_running_loop().create_future()
             try:
                 await self.recover()
-            except Exception:
-                logger.exception("shard %d could not recover its runs", self._index)
-            self._recovered.set_result(None)
-        await self._recovered
+            except BaseException as exc:
+                self._recovered = None  # the next call tries again
+                if isinstance(exc, Exception):
+                    self.failures += 1
+                    logger.exception("shard %d could not recover its runs", self._index)
+                recovered.set_exception(
+                    Unavailable("this shard is recovering its runs; try again shortly")
+                )
+                recovered.exception()  # retrieved: the callers waiting on it get it
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                self.done = True
+                recovered.set_result(None)
+        await recovered
+
+    def stats(self) -> dict[str, Any]:
+        """Whether the shard has recovered, and how many recoveries failed."""
+        return {"done": self.done, "failures": self.failures}
 
     async def recover(self) -> None:
         """Track the stored `streaming` runs of this shard that agents hold; settle the rest."""
@@ -138,6 +216,7 @@ class Recovery:
             return
         run_ids = [row["run_id"] for row in rows]
         held: dict[str, int] = {}
+        unsettled: list[str] = []
         for index, agent in enumerate(self._agents):
             try:
                 held.update(dict.fromkeys(await agent.holding(run_ids), index))
@@ -153,7 +232,12 @@ class Recovery:
             else:
                 # Its client may have seen nothing of it: announce it accepted, then failed.
                 accepted = accepted_event(row["session_id"], None, run_id, duplicate=False)
-                await self._lost.settle(run_id, row["user_id"], row["id"], 0, [accepted])
+                settled = await self._lost.settle(run_id, row["user_id"], row["id"], 0, [accepted])
+                if settled is not None:
+                    continue
+                unsettled.append(run_id)  # not stored failed, not told: the next recovery
         if held:
             self._watch()
+        if unsettled:
+            raise RuntimeError(f"could not store lost runs as failed: {', '.join(unsettled)}")
         logger.warning("shard %d recovered %d runs (%d running)", self._index, len(rows), len(held))

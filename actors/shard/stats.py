@@ -45,6 +45,10 @@ def shard_stats(
         "user_context_cache": contexts.stats(),
         "session_cache": sessions.stats(),
         "replicas": replicas.live(),
+        # Sizes, bounded by design: lanes, presence (by replica liveness), run records.
+        "lanes": len(lanes),
+        "presence": presence.stats(),
+        "run_records": len(runs),
     }
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from actors.runs import RunOutcome
 from actors.shard.lanes import Lanes
 from actors.shard.model import AgentPort, LaneKey, Run
 from actors.shard.recovery import EndRun, LostRuns, Sleep
+from actors.supervise import Supervisor
 
 logger = logging.getLogger(__name__)
+
+WATCHDOG = "watchdog"
 
 RunEnded = Callable[[str, RunOutcome], Awaitable[None]]
 
@@ -46,15 +50,26 @@ class Supervision:
         self._end_run = end_run
         self._run_ended = run_ended
         self._sleep = sleep
-        self._watchdog: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(f"shard-{index}", sleep=sleep)
+        self._watchdog: asyncio.Task[None] | None = None  # the supervisor's task of the watchdog
         self._asking: dict[str, asyncio.Task[None]] = {}  # run id -> "has it ended?" call
 
     def watch(self) -> None:
         """Start the watchdog unless it runs (it stops when no run is on an agent)."""
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(
-                self._check_agents(), name=f"shard-{self._index}-watchdog"
-            )
+        state = self.supervisor.loops.get(WATCHDOG)
+        if state is not None and not state.finished:
+            return  # running, or failed and about to be restarted by its supervisor
+        self.supervisor.loops.pop(WATCHDOG, None)  # it ended (nothing to watch): afresh
+        self.supervisor.start(WATCHDOG, self._check_agents, critical=True, ends=True)
+        self._watchdog = self.supervisor.loops[WATCHDOG].task
+
+    def healthy(self) -> bool:
+        """False while the watchdog is down (failed, not yet restarted)."""
+        return self.supervisor.healthy()
+
+    def stats(self) -> dict[str, Any]:
+        """The watchdog's state and restarts (absent before the first run on an agent)."""
+        return self.supervisor.stats()
 
     async def settle_active(self, key: LaneKey) -> None:
         """If the lane's active run is on an agent, ask the agent whether it has ended.
@@ -72,8 +87,14 @@ class Supervision:
                 self.ask_end(run), name=f"ask-end-{run.run_id}"
             )
             self._asking[run.run_id] = asking
-            asking.add_done_callback(lambda _: self._asking.pop(run.run_id, None))
+            asking.add_done_callback(lambda task: self._asked(run.run_id, task))
         await asyncio.shield(asking)
+
+    def _asked(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """A "has it ended?" call is done: forget it, and log how it failed (if it did)."""
+        self._asking.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("asking whether run %s ended failed", run_id, exc_info=task.exception())
 
     async def ask_end(self, run: Run) -> None:
         """Ask the run's agent whether it ended; end it here if so."""
@@ -129,12 +150,16 @@ class Supervision:
                     outcome = await self._lost.settle(
                         run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
                     )
+                    if outcome is None:
+                        # Its failure is not stored: nothing was told; it stays a suspect,
+                        # so the next check stores and tells it again.
+                        missing.add(run_id)
+                        suspects.discard(run_id)
+                        continue
                     await self._run_ended(run.user_id, outcome)
             suspects = missing - suspects
 
     async def stop(self) -> None:
         """Stop the watchdog; wait for the "has it ended?" calls under way."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
+        await self.supervisor.stop()
         await asyncio.gather(*self._asking.values(), return_exceptions=True)

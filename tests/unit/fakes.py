@@ -280,3 +280,69 @@ def shard_rig(agents: int = 1, **settings: Any) -> ShardRig:
         sleep=clock.sleep,
     )
     return ShardRig(shard, store, fakes, clock)
+
+
+class FlakyShardStore(FakeShardStore):
+    """A `FakeShardStore` whose calls fail (`ConnectionError`) as many times as `fails` says.
+
+    `fails[method]`: how many of its next calls fail; `fails[("begin_turn", user)]` the
+    same for one user's `begin_turn`. `calls` lists every call made, failed or not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fails: dict[Any, int] = {}
+        self.calls: list[tuple[str, Any]] = []
+
+    def _maybe_fail(self, key: Any, arg: Any = None) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        self.calls.append((name, arg))
+        if self.fails.get(key, 0) > 0:
+            self.fails[key] -= 1
+            raise ConnectionError(f"{name} failed (a fault injected by the test)")
+
+    def attempts(self, name: str) -> int:
+        """How many calls of `name` were made."""
+        return sum(1 for called, _ in self.calls if called == name)
+
+    async def begin_turn(self, user_id: str, *args: Any, **kwargs: Any) -> TurnRecord:
+        self._maybe_fail(("begin_turn", user_id), user_id)
+        return await super().begin_turn(user_id, *args, **kwargs)
+
+    async def fail_if_streaming(self, reply_message_id: int, error_code: str) -> dict[str, Any]:
+        self._maybe_fail("fail_if_streaming", reply_message_id)
+        return await super().fail_if_streaming(reply_message_id, error_code)
+
+    async def streaming_replies(self) -> list[dict[str, Any]]:
+        self._maybe_fail("streaming_replies")
+        return await super().streaming_replies()
+
+
+class BrokenAgent(FakeAgent):
+    """A `FakeAgent` whose `runs_status` answers garbage while `broken` (the watchdog fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    async def runs_status(self, run_ids: list[str]) -> dict[str, RunOutcome | None]:
+        if self.broken:
+            return None  # type: ignore[return-value]
+        return await super().runs_status(run_ids)
+
+
+def flaky_rig(agents: int = 1, **settings: Any) -> tuple[ShardRig, FlakyShardStore]:
+    """`shard_rig` over a `FlakyShardStore` and `BrokenAgent`s (not broken yet)."""
+    clock = FakeClock()
+    store = FlakyShardStore()
+    fakes: list[FakeAgent] = [BrokenAgent() for _ in range(agents)]
+    shard = UserShard(
+        Settings(**{"shards": 1, **settings}),
+        index=0,
+        store=store,
+        agents=fakes,
+        agent_names=AGENT_NAMES,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    return ShardRig(shard, store, fakes, clock), store

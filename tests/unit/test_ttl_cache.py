@@ -179,6 +179,7 @@ def test_stats_keys_and_values(clock: FakeClock) -> None:
         "hit_rate": round(1 / 3, 4),
         "expired": 1,
         "evicted": 1,
+        "stale_loads": 0,
         "ttl_s": TTL,
     }
 
@@ -187,3 +188,32 @@ def test_stats_keys_and_values(clock: FakeClock) -> None:
 def test_non_positive_limits_are_rejected(ttl_s: float, max_size: int) -> None:
     with pytest.raises(ValueError):
         TTLCache(ttl_s=ttl_s, max_size=max_size)
+
+
+def test_put_if_fresh_stores_a_load_no_invalidation_overtook(clock: FakeClock) -> None:
+    cache = make(clock)
+    ticket = cache.ticket()
+    cache.invalidate("other")  # another key's invalidation does not matter
+    assert cache.put_if_fresh("a", 1, ticket)
+    assert cache.get("a") == 1
+
+
+def test_put_if_fresh_refuses_a_load_begun_before_an_invalidation(clock: FakeClock) -> None:
+    cache = make(clock)
+    ticket = cache.ticket()
+    cache.invalidate("a")  # lands while the load is in flight
+    assert not cache.put_if_fresh("a", 1, ticket)
+    assert "a" not in cache and cache.stats()["stale_loads"] == 1
+    assert cache.put_if_fresh("a", 2, cache.ticket())  # a load begun after it is cached
+
+
+def test_put_if_fresh_refuses_when_the_invalidation_was_forgotten(clock: FakeClock) -> None:
+    from actors.ttl_cache import TOMBSTONES_KEPT
+
+    cache = make(clock)
+    ticket = cache.ticket()
+    cache.invalidate("a")
+    for i in range(TOMBSTONES_KEPT):  # push the tombstone of "a" out
+        cache.invalidate(f"k{i}")
+    assert not cache.put_if_fresh("a", 1, ticket)  # unsure, so not cached
+    assert cache.put_if_fresh("a", 1, cache.ticket())
