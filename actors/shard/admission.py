@@ -13,7 +13,7 @@ from typing import Any
 from actors.call_batcher import settle_each
 from actors.errors import BadRequest, Busy, RateLimited, RaychatError, Unavailable
 from actors.events import Event, accepted_event
-from actors.rate_limit import TokenBucket
+from actors.rate_limit import TokenBucket, retry_after
 from actors.records import TurnRecord, UserContext
 from actors.shard.lanes import Lanes
 from actors.shard.model import STORE_RETRY_S, ChatRequest, Lane, LaneKey, Run, ShardStore
@@ -45,7 +45,7 @@ class RateLimits:
             self._buckets[user_id] = bucket
         wait_s = bucket.take()
         if wait_s > 0:
-            raise RateLimited("too many messages, slow down", round(wait_s, 3))
+            raise RateLimited("too many messages, slow down", retry_after(wait_s))
 
     def prune(self) -> None:
         """Forget the users whose bucket is full again (as good as new)."""
