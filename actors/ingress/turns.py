@@ -14,7 +14,7 @@ from actors.http_turn import HttpTurn
 from actors.ingress.fan_in import FanIn
 from actors.messages import Cancel, Chat, ClientMessage, Ping, Resume
 from actors.remote import RemoteCaller, until_up
-from actors.shard import ChatRequest
+from actors.shard import ChatDeferred, ChatRequest
 from config import Settings
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,13 @@ class Turns:
             nonlocal attempts
             attempts += 1
             again = replace(request, resent=True) if attempts > 1 else request
-            events: list[Event] = await caller.chat(again)
+            answer = await caller.chat(again)  # its events, or `ChatDeferred`
+            if isinstance(answer, ChatDeferred):
+                # Its turn is being stored again (a writer restarting): the batch it came
+                # with was answered without it; its own answer is fetched apart.
+                shard = self.handles.shard(conn.user_id)
+                answer = await shard.chat_result.remote(answer.run_id)
+            events: list[Event] = answer
             return events
 
         events = await until_up(send, SHARD_RETRY_S)

@@ -187,11 +187,12 @@ class UserShard:
         return self.contexts.invalidate(user_id)
 
     # -- chats --------------------------------------------------------------
-    async def chats(self, calls: list[tuple[ChatRequest]], defer: bool = False) -> list[Any]:
+    async def chats(self, calls: list[tuple[ChatRequest]], defer: bool = True) -> list[Any]:
         """`chat` for each argument tuple, in one call and in order; each one's events or error.
 
-        `defer`: a chat retrying its store is answered by `ChatDeferred` (fetch its
-        answer with `chat_result`), so no chat waits on another user's retry.
+        `defer` (the ingress's batches): a chat retrying its store is answered by
+        `ChatDeferred` (its caller fetches the answer with `chat_result`), so no
+        chat waits on another user's retry.
         """
         if defer:
             return await self.batch_chats.run(calls)

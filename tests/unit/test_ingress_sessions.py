@@ -13,6 +13,7 @@ from actors import metrics
 from actors.auth import Identity
 from actors.factory import ActorHandles
 from actors.ingress import IngressCore
+from actors.shard import ChatDeferred
 from config import Settings
 
 MAX_FRAME_BYTES = 256  # the smallest the settings allow
@@ -165,3 +166,20 @@ async def test_a_socket_the_shard_refuses_is_closed_1008_unregistered(closes: Cl
     assert ws.closes == [(1008, "too many open sockets for this user")]
     assert shard.disconnect.calls == [] and ingress.counters["opened"] == 0
     assert closes.codes == ["1008"]
+
+
+async def test_a_deferred_chat_is_answered_by_its_own_result(closes: Closes) -> None:
+    shard = FakeShard()
+    queued = {"type": "run.queued", "run_id": "r1", "seq": 2}
+    shard.chats = Method([ChatDeferred("r1")])  # the batch answered without waiting on it
+    shard.chat_result = Method([queued])  # type: ignore[attr-defined]
+    ingress = core(shard)
+    ws = FakeSocket()
+    assert ingress.admit(ws)
+    session = asyncio.ensure_future(ingress.serve_socket(ws, Identity("u1")))
+    ws.frame('{"type": "chat", "text": "hi"}')
+    assert await next_sent(ws) == queued
+    (run_id,) = shard.chat_result.calls[0]  # type: ignore[attr-defined]
+    assert run_id == "r1"
+    await ws.close(1000)
+    await asyncio.wait_for(session, 10)
