@@ -103,6 +103,13 @@ def merge_stats(
                 "connections": shard["connections"]["active"],
                 "queued": shard["queued"],
                 "runs": shard["runs"],
+                # Sizes (bounded by design), where the shard reports them.
+                **{
+                    key: shard[key]
+                    for key in ("lanes", "run_records", "presence", "loops", "recovery")
+                    if key in shard
+                },
+                "session_cache_bytes": shard.get("session_cache", {}).get("bytes", 0),
             }
             for shard in shards
         ],

@@ -257,3 +257,22 @@ def test_no_actors_gives_zeros() -> None:
     assert merged["user_context_cache"]["hit_rate"] == 0.0
     assert merged["agent_manager"]["agents"] == []
     assert merged["shards"] == []
+
+
+def test_shard_sizes_pass_through_when_reported() -> None:
+    shard = shard_report(
+        0,
+        users=1,
+        active=1,
+        opened=1,
+        closed=0,
+        queued=0,
+        session=(1, 0, 1),
+        context=(0, 0, 0, 0, 0),
+    )
+    shard["session_cache"]["bytes"] = 42
+    shard |= {"lanes": 3, "run_records": 2, "presence": {"users": 1, "replicas": 1}}
+    entry = merge_stats([shard], [], PERSISTENCE, {})["shards"][0]
+    assert entry["lanes"] == 3 and entry["run_records"] == 2
+    assert entry["presence"] == {"users": 1, "replicas": 1}
+    assert entry["session_cache_bytes"] == 42
