@@ -22,12 +22,13 @@ from agents.result import RunResultStreaming
 
 from actors import metrics
 from actors.assistant_agents import ChatContext, ToolServices, build_agents, per_run_copy
+from actors.backoff import Sleep
 from actors.bounded import BoundedLRU
 from actors.call_batcher import settle_each
 from actors.errors import Unavailable
 from actors.events import MESSAGE_DELTA, RUN_STARTED
 from actors.model_client import make_model
-from actors.reply_end import NOT_STORED, STORE_RETRY_S, Sleep, final_event_for, store_reply_end
+from actors.reply_end import NOT_STORED, STORE_RETRY_S, final_event_for, store_reply_end
 from actors.run_delivery import RunDelivery
 from actors.runs import (
     ASSISTANT,

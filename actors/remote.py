@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import RayActorError
 
+from actors.backoff import retry_with_backoff
 from actors.call_batcher import BatchSend, CallBatcher
 from config import Settings
 
@@ -31,19 +31,13 @@ async def until_up(
     Only for calls that are safe to repeat: Ray cannot say whether a call to an
     actor that went away ran there. `on_retry` is called before each new try.
     """
-    deadline = time.monotonic() + retry_s
-    delay = 0.1
-    while True:
-        try:
-            return await call()
-        except RayActorError:
-            if time.monotonic() + delay > deadline:
-                raise
-            if on_retry is not None:
-                on_retry()
-            logger.warning("an actor is down; trying again in %.1f s", delay)
-            await asyncio.sleep(delay)  # backoff while the actor restarts
-            delay = min(2.0, delay * 2)
+    return await retry_with_backoff(
+        call,
+        retry_s=retry_s,
+        what="a call to an actor that is down",
+        retry_on=RayActorError,
+        on_retry=on_retry,
+    )
 
 
 class RemoteCaller:

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
+from actors.backoff import Clock, Sleep, retry_with_backoff
 from actors.events import RUN_CANCELLED, RUN_COMPLETED, Event, run_failed
 from actors.runs import ReplyStore
 
 logger = logging.getLogger(__name__)
 
 STORE_RETRY_S = 60.0  # longest a run's end is retried before it is told as failed
-FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 2.0
 NOT_STORED = ("internal", "the reply could not be stored")
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 async def store_reply_end(
@@ -41,29 +36,25 @@ async def store_reply_end(
 
     Returns how many attempts it took, or 0 if the end could not be stored.
     """
-    deadline = clock() + retry_s
-    delay = FIRST_DELAY_S
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            await store.finish_reply(*args)
-            return attempt
-        except Exception:
-            if clock() + delay > deadline:
-                logger.exception(
-                    "gave up storing the reply of run %s after %d attempts", run_id, attempt
-                )
-                return 0
-            logger.warning(
-                "could not store the reply of run %s (attempt %d); again in %.1f s",
-                run_id,
-                attempt,
-                delay,
-                exc_info=True,
-            )
-        await sleep(delay)  # backoff while the store recovers
-        delay = min(MAX_DELAY_S, delay * 2)
+    attempts = 1
+
+    def count() -> None:
+        nonlocal attempts
+        attempts += 1
+
+    try:
+        await retry_with_backoff(
+            lambda: store.finish_reply(*args),
+            retry_s=retry_s,
+            what=f"storing the reply of run {run_id}",
+            clock=clock,
+            sleep=sleep,
+            on_retry=count,
+        )
+    except Exception:
+        logger.exception("gave up storing the reply of run %s after %d attempts", run_id, attempts)
+        return 0
+    return attempts
 
 
 def final_event_for(

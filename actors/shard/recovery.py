@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+from actors.backoff import retry_with_backoff
 from actors.errors import Unavailable
 from actors.events import Event, accepted_event
 from actors.runs import RunOutcome
@@ -20,8 +21,6 @@ Sleep = Callable[[float], Awaitable[None]]
 EndRun = Callable[[str, str, str, str], None]  # (user id, run id, status, text)
 
 STORE_RETRY_S = 10.0  # longest a lost run's failure is retried (by backoff) in one pass
-FIRST_DELAY_S = 0.1
-MAX_DELAY_S = 2.0
 
 
 class LostRuns:
@@ -86,32 +85,26 @@ class LostRuns:
     ) -> dict[str, Any] | None:
         """`fail_if_streaming`, repeated with backoff while it fails (it is keyed by the
         reply's id: safe to repeat), for up to `STORE_RETRY_S`; the row, or None."""
-        waited = 0.0
-        delay = FIRST_DELAY_S
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._store.fail_if_streaming(reply_message_id, code)
-            except Exception:
-                if waited + delay > STORE_RETRY_S:
-                    logger.exception(
-                        "could not store run %s as failed after %d attempts; "
-                        "left for the next pass, nothing told",
-                        run_id,
-                        attempt,
-                    )
-                    return None
-                logger.warning(
-                    "could not store run %s as failed (attempt %d); again in %.1f s",
-                    run_id,
-                    attempt,
-                    delay,
-                    exc_info=True,
-                )
-            await self._sleep(delay)  # backoff while the store recovers
-            waited += delay
-            delay = min(MAX_DELAY_S, delay * 2)
+        slept = 0.0  # the budget counts the backoff only, not the calls' own time
+
+        async def sleep(delay: float) -> None:
+            nonlocal slept
+            await self._sleep(delay)
+            slept += delay
+
+        try:
+            return await retry_with_backoff(
+                lambda: self._store.fail_if_streaming(reply_message_id, code),
+                retry_s=STORE_RETRY_S,
+                what=f"storing run {run_id} as failed",
+                clock=lambda: slept,
+                sleep=sleep,
+            )
+        except Exception:
+            logger.exception(
+                "could not store run %s as failed; left for the next pass, nothing told", run_id
+            )
+            return None
 
     async def drain(self, runs: Iterable[Run], end_run: EndRun) -> int:
         """Store every stored run still queued as failed (`shutdown`) and end it; how many.
