@@ -106,7 +106,14 @@ def merge_stats(
                 # Sizes (bounded by design), where the shard reports them.
                 **{
                     key: shard[key]
-                    for key in ("lanes", "run_records", "presence", "loops", "recovery")
+                    for key in (
+                        "lanes",
+                        "run_records",
+                        "ended_runs_evicted",
+                        "presence",
+                        "loops",
+                        "recovery",
+                    )
                     if key in shard
                 },
                 "session_cache_bytes": shard.get("session_cache", {}).get("bytes", 0),
@@ -130,7 +137,5 @@ def merge_persistence(writers: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("queue_depth", "written", "batches", "failed", "reads")
     }
     totals["writer_restarts"] = sum(writer.get("writer_restarts", 0) for writer in writers)
-    lag_ms = {
-        key: max(writer["lag_ms"][key] for writer in writers) for key in writers[0]["lag_ms"]
-    }
+    lag_ms = {key: max(writer["lag_ms"][key] for writer in writers) for key in writers[0]["lag_ms"]}
     return {**totals, "lag_ms": lag_ms, "writers": writers}

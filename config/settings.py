@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     poll_timeout_s: float = Field(default=1.0, gt=0, le=30)
     outbound_queue_max: int = Field(default=1024, ge=8)
     run_grace_s: float = Field(default=300.0, ge=0)
+    # Ended runs a shard remembers within their grace period; past it the oldest are forgotten
+    # (and answered from the database), so a burst of short runs cannot grow a shard unbounded.
+    ended_runs_max: int = Field(default=50_000, ge=1)
     agent_check_s: float = Field(default=1.0, gt=0)  # how often shards ask for ended and lost runs
     run_buffers_max: int = Field(default=20_000, ge=1)
     # Text all run buffers of one agent actor may hold; finished runs are evicted first.

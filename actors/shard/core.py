@@ -146,6 +146,7 @@ class UserShard:
             rate_limits=self.rate_limits,
             grace_s=settings.run_grace_s,
             clock=clock,
+            ended_max=settings.ended_runs_max,
         )
         # Ingress replicas' counters, sent with their `ensure_ready` calls (service-wide stats).
         self.replicas = ReplicaReports(live_s=live_s, clock=clock)
@@ -266,6 +267,7 @@ class UserShard:
         if run.spec is not None:
             self.sessions.remember_turn(run.user_id, run.session_id, run.spec.text, text)
         self.lanes.release(run)
+        self.housekeeping.ended(run)
 
     # -- queries ----------------------------------------------------------------
     async def cancel(self, user_id: str, run_id: str) -> list[Event]:
@@ -349,7 +351,11 @@ class UserShard:
             contexts=self.contexts,
             sessions=self.sessions,
             replicas=self.replicas,
-        ) | {"loops": self.supervision.stats(), "recovery": self.recovery.stats()}
+        ) | {
+            "loops": self.supervision.stats(),
+            "recovery": self.recovery.stats(),
+            "ended_runs_evicted": self.housekeeping.evicted,
+        }
 
     def healthy(self) -> bool:
         """False while a critical background loop (the watchdog) is down."""

@@ -58,7 +58,7 @@ class Launcher:
         run.task = asyncio.get_running_loop().create_task(
             self._drive(run), name=f"drive-{run.run_id}"
         )
-        run.task.add_done_callback(lambda task: _log_failure(run.run_id, task))
+        run.task.add_done_callback(lambda task: _started(run, task))
 
     async def _history(self, user_id: str, session_id: str, run_id: str) -> History:
         cached = self._sessions.get(user_id, session_id)
@@ -72,6 +72,7 @@ class Launcher:
 
     async def _drive(self, run: Run) -> None:
         assert run.spec is not None
+        reply_message_id = run.spec.reply_message_id  # the spec goes once the run has ended
         try:
             context, history = UserContext(), []
             if not run.cancel_requested:
@@ -95,13 +96,14 @@ class Launcher:
                     "owner": self._owner(),
                 }
             )
+            run.context = run.history = None  # the agent holds them now
             await self._start_on_some_agent(run, spec)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("run %s could not be started on any agent", run.run_id)
             outcome = await self._lost.settle(
-                run.run_id, run.user_id, run.spec.reply_message_id, run.agent_index, run.prelude
+                run.run_id, run.user_id, reply_message_id, run.agent_index, run.prelude
             )
             if outcome is not None:
                 await self._run_ended(run.user_id, outcome)
@@ -127,7 +129,13 @@ class Launcher:
                 await self._sleep(0.2 * (attempt + 1))  # an agent restarting: back off
 
 
-def _log_failure(run_id: str, task: asyncio.Task[None]) -> None:
-    """Log how a run's starting task failed (the run's record owns the task)."""
+def _started(run: Run, task: asyncio.Task[None]) -> None:
+    """Log how a run's starting task failed; an ended run's record lets go of it.
+
+    The record owns the task while it runs (the shard's `stop` cancels it);
+    `Housekeeping.ended` lets go of a task already done when the run ends.
+    """
     if not task.cancelled() and task.exception() is not None:
-        logger.error("starting run %s failed", run_id, exc_info=task.exception())
+        logger.error("starting run %s failed", run.run_id, exc_info=task.exception())
+    if run.ended_at is not None and run.task is task:
+        run.task = None

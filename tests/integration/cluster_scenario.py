@@ -77,9 +77,7 @@ def _placement(settings: Settings) -> dict[str, str]:
 
     names = [actor_name(settings, "persistence", i) for i in range(2)]
     names += [actor_name(settings, kind, i) for kind in ("agent", "shard") for i in range(2)]
-    return {
-        name: _node_of(ray.get_actor(name, namespace=settings.namespace)) for name in names
-    }
+    return {name: _node_of(ray.get_actor(name, namespace=settings.namespace)) for name in names}
 
 
 def _replica_nodes() -> list[str]:

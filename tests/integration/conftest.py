@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,14 @@ from tests.databases import BACKENDS, Database, new_database
 TEST_SECRET = "integration-test-secret-" + uuid.uuid4().hex
 APP_NAME = "raychat"
 REPLICAS = 2
+# The suite's service: two shards and two agent actors, a fast simulated model.
+SIMULATED: dict[str, Any] = {
+    "shards": 2,
+    "agent_actors": 2,
+    "sim_ttft_ms": 50,
+    "sim_tokens_per_s": 100,
+    "sim_reply_tokens": 10,
+}
 # Run a module's tests on SQLite and on PostgreSQL.
 BOTH_DATABASES = pytest.mark.parametrize("service", BACKENDS, indirect=True)
 
@@ -40,17 +49,18 @@ class Service:
     port: int
     database: Database
     ingress: str = "haproxy"  # Serve's ingress the tests run behind: "haproxy" or "python"
+    prefix: str = ""  # the app's route prefix ("" for the session's app at "/")
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     def token(self, user_id: str, admin: bool = False) -> str:
         codec = TokenCodec(TEST_SECRET, issuer=self.settings.token_issuer, ttl_s=3600)
         return codec.issue(user_id, admin=admin)
 
     def ws_url(self, user_id: str | None, admin: bool = False) -> str:
-        base = f"ws://127.0.0.1:{self.port}/api/websocket/ws"
+        base = f"ws://127.0.0.1:{self.port}{self.prefix}/api/websocket/ws"
         return base if user_id is None else f"{base}?token={self.token(user_id, admin)}"
 
     def admin_headers(self) -> dict[str, str]:
@@ -120,6 +130,43 @@ def side_app(
         yield f"ws://127.0.0.1:{service.port}{prefix}/api/websocket/ws?token="
     finally:
         serve.delete(name)
+
+
+@contextmanager
+def own_service(
+    cluster: Cluster,
+    folder: Path,
+    name: str,
+    replicas: int = REPLICAS,
+    **overrides: Any,
+) -> Iterator[Service]:
+    """An app at `/name` with its own actors (namespace) and SQLite database; its `Service`.
+
+    Unlike `side_app`, every setting applies: shards, agents and the database
+    actor are this app's own. They are killed, and the database dropped, after.
+    """
+    from ray import serve
+
+    from serve_app import RaychatIngress
+
+    database = new_database("sqlite", folder)
+    settings = Settings(
+        database_url=database.url,
+        data_dir=folder,
+        secret=SecretStr(TEST_SECRET),
+        namespace=f"{name}-" + uuid.uuid4().hex[:8],
+        **{**SIMULATED, **overrides},
+    )
+    app = RaychatIngress.options(name=f"{name}-ingress", num_replicas=replicas).bind(settings)
+    try:
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        service = Service(settings, cluster.port, database, cluster.ingress, prefix=f"/{name}")
+        wait_ready(service.http)
+        yield service
+    finally:
+        serve.delete(name)
+        kill_namespace(settings.namespace)
+        database.drop()
 
 
 def deploy(
@@ -211,12 +258,8 @@ def service(
         data_dir=tmp_path_factory.mktemp("raychat-data"),
         secret=SecretStr(TEST_SECRET),
         namespace=f"raychat-test-{backend[:2]}-" + uuid.uuid4().hex[:8],
-        shards=2,
-        agent_actors=2,
+        **SIMULATED,
         persistence_writers=1 if backend == "sqlite" else 2,
-        sim_ttft_ms=50,
-        sim_tokens_per_s=100,
-        sim_reply_tokens=10,
         run_grace_s=2.0,
     )
     try:

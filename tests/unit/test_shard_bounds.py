@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,6 +115,86 @@ async def test_a_lane_goes_once_its_runs_end(rig: ShardRig) -> None:
     await rig.started("b")
     await rig.end("b")
     assert rig.shard.stats()["lanes"] == 0
+
+
+# -- ended runs -----------------------------------------------------------------------------
+
+
+async def test_an_ended_run_keeps_only_what_answers_for_it(rig: ShardRig) -> None:
+    await rig.chat("a")
+    await rig.started("a")
+    run = rig.shard.runs["a"]
+    assert run.spec is not None and run.prelude and run.subscribers
+    await rig.end("a")
+    assert run.status == "completed" and run.ended_at is not None
+    assert (run.spec, run.context, run.history, run.prelude, run.subscribers, run.task) == (
+        None,
+        None,
+        None,
+        [],
+        {},
+        None,
+    )
+
+
+async def test_a_run_ending_while_its_start_is_awaited_lets_go_of_the_task_after(
+    rig: ShardRig,
+) -> None:
+    on_agent, release = asyncio.Event(), asyncio.Event()
+    agent = rig.agents[0]
+    start_run = agent.start_run
+
+    async def slow_start(spec: Any) -> None:
+        await start_run(spec)
+        on_agent.set()
+        await release.wait()  # the agent started it, its answer is still on the way
+
+    agent.start_run = slow_start  # type: ignore[method-assign]
+    await rig.chat("a")
+    run = rig.shard.runs["a"]
+    task = run.task
+    await on_agent.wait()
+    await rig.end("a")  # the agent reports its end before `start_run` answered
+    assert task is not None and not task.done() and run.task is task  # owned while running
+    release.set()
+    await task
+    assert run.task is None
+
+
+async def test_ended_runs_past_the_bound_are_forgotten_oldest_first() -> None:
+    rig = shard_rig(ended_runs_max=2, run_grace_s=300)
+    for name in ("a", "b", "c"):  # one session each: all run at once
+        await rig.chat(name, session=name)
+        await rig.started(name)
+    for name in ("b", "a", "c"):  # ended in this order, well within the grace period
+        await rig.end(name)
+    assert set(rig.shard.runs) == {"a", "c"}  # "b" ended first
+    assert rig.shard.stats()["ended_runs_evicted"] == 1
+    # A forgotten run is answered from the store.
+    row = rig.store.row_of("b")
+    assert row is not None
+    row.update(status="completed", text="done", final_seq=4)
+    resumed = await rig.shard.resume("u", "b", 2, "r1")
+    assert [(e["type"], e["seq"]) for e in resumed] == [("run.completed", 4)]
+    await rig.shard.stop()
+
+
+async def test_ended_runs_go_after_their_grace_oldest_first_and_running_ones_stay() -> None:
+    rig = shard_rig(run_grace_s=30)
+    for name in ("a", "b", "c"):
+        await rig.chat(name, session=name)
+        await rig.started(name)
+    await rig.end("a")
+    rig.clock.advance(10)
+    await rig.end("b")
+    rig.clock.advance(20)  # "a" ended 30 s ago, "b" 20 s ago, "c" is running
+    assert rig.shard.housekeeping.drop_finished_runs(rig.clock()) == 1
+    assert set(rig.shard.runs) == {"b", "c"}
+    rig.clock.advance(10)
+    assert rig.shard.housekeeping.cleanup()["runs"] == 1
+    assert set(rig.shard.runs) == {"c"}
+    assert rig.shard.stats()["ended_runs_evicted"] == 0  # gone by their grace, not the bound
+    await rig.shard.stop()
 
 
 # -- the session cache ---------------------------------------------------------------------
