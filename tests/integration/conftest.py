@@ -108,6 +108,27 @@ def wait_ready(url: str, deadline_s: float = 120.0) -> None:
     raise RuntimeError(f"service not ready: {last}")
 
 
+# A stopping replica stays reachable for 1 s, not the shipped 5 s (serve_app.REPLICA_ENV):
+# Serve's HAProxy drops it within a second here, and every app the tests delete or
+# redeploy would otherwise wait out the longer window.
+TEST_REPLICA_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+def ingress(name: str | None = None, version: str | None = None, **options: Any) -> Any:
+    """`RaychatIngress` with Serve `options`, its replicas given the tests' environment.
+
+    A new `version` changes the replicas' actor options, so Serve replaces every replica.
+    """
+    from serve_app import REPLICA_ENV, RaychatIngress
+
+    env = {**REPLICA_ENV, **TEST_REPLICA_ENV}
+    if version is not None:
+        env["RAYCHAT_TEST_DEPLOY_VERSION"] = version
+    actor_options = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
+    named = {"name": name} if name is not None else {}
+    return RaychatIngress.options(**named, ray_actor_options=actor_options, **options)
+
+
 @contextmanager
 def side_app(
     service: Service, name: str, prefix: str, replicas: int = 1, **overrides: Any
@@ -120,10 +141,8 @@ def side_app(
     """
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     settings = service.settings.model_copy(update=overrides)
-    app = RaychatIngress.options(name=f"{name}-ingress", num_replicas=replicas).bind(settings)
+    app = ingress(f"{name}-ingress", num_replicas=replicas).bind(settings)
     serve.run(app, name=name, route_prefix=prefix)
     try:
         wait_ready(f"{service.http}{prefix}")
@@ -147,8 +166,6 @@ def own_service(
     """
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     database = new_database("sqlite", folder)
     settings = Settings(
         database_url=database.url,
@@ -157,7 +174,7 @@ def own_service(
         namespace=f"{name}-" + uuid.uuid4().hex[:8],
         **{**SIMULATED, **overrides},
     )
-    app = RaychatIngress.options(name=f"{name}-ingress", num_replicas=replicas).bind(settings)
+    app = ingress(f"{name}-ingress", num_replicas=replicas).bind(settings)
     try:
         serve.run(app, name=name, route_prefix=f"/{name}")
         service = Service(settings, cluster.port, database, cluster.ingress, prefix=f"/{name}")
@@ -175,18 +192,13 @@ def deploy(
     """Deploy (or redeploy) the Serve app with `settings`; a new `version` rolls the replicas."""
     from ray import serve
 
-    from serve_app import REPLICA_ENV, RaychatIngress
-
     # Two replicas: a user's sockets and resumes may land on either, as in production.
     # A short drain budget by default: a redeploy cuts open sockets quickly (tests reconnect).
-    options: dict[str, Any] = {
-        "num_replicas": REPLICAS,
-        "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s,
-    }
-    if version is not None:  # changed actor options make Serve replace every replica
-        env = {**REPLICA_ENV, "RAYCHAT_TEST_DEPLOY_VERSION": version}
-        options["ray_actor_options"] = {"num_cpus": 0, "runtime_env": {"env_vars": env}}
-    app = RaychatIngress.options(**options).bind(settings)
+    app = ingress(
+        version=version,
+        num_replicas=REPLICAS,
+        graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
+    ).bind(settings)
     serve.run(app, name=APP_NAME, route_prefix="/")
 
 

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from tests.integration.chat_client import ChatClient
-from tests.integration.conftest import Service, wait_ready
+from tests.integration.conftest import Service, ingress, wait_ready
 
 pytestmark = pytest.mark.ray
 
@@ -32,11 +32,9 @@ async def connect_when_admitted(url: str, attempts: int = 100) -> ChatClient:
 async def test_overflow_sockets_get_503_and_held_ones_keep_working(service: Service) -> None:
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     settings = service.settings.model_copy(update={"max_sockets_per_replica": 3})
-    small = RaychatIngress.options(
-        name="SmallIngress", num_replicas=1, max_ongoing_requests=64, max_queued_requests=8
+    small = ingress(
+        "SmallIngress", num_replicas=1, max_ongoing_requests=64, max_queued_requests=8
     ).bind(settings)
     serve.run(small, name=SMALL_APP, route_prefix="/small")
     wait_ready(f"{service.http}/small")

@@ -162,7 +162,7 @@ async def test_serve_app_restart_mid_stream_then_resume(service: Service) -> Non
     user = "u-redeploy"
     async with ChatClient(service.ws_url(user)) as client:
         # Long enough to outlast the outage: Serve keeps a stopping direct-ingress replica
-        # up for its deregistration window (5 s, serve_app.REPLICA_ENV) before the app
+        # up for its deregistration window (1 s here, conftest.TEST_REPLICA_ENV) before the app
         # can be deployed again. The test stops it once it has seen it go on.
         run_id = await client.start("a long story in 5000 words")
         await client.next_of("message.delta")

@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests.integration.chat_client import ChatClient
-from tests.integration.conftest import Service, wait_ready
+from tests.integration.conftest import Service, ingress, wait_ready
 
 pytestmark = pytest.mark.ray
 
@@ -25,8 +25,6 @@ def tight(service: Service) -> Iterator[str]:
     """The ws URL prefix of an app with small limits (same actors, same database)."""
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     settings = service.settings.model_copy(
         update={
             "max_sockets_per_user": 2,
@@ -37,7 +35,7 @@ def tight(service: Service) -> Iterator[str]:
             "frame_rate_burst": 30.0,
         }
     )
-    app = RaychatIngress.options(name="TightIngress", num_replicas=1).bind(settings)
+    app = ingress("TightIngress", num_replicas=1).bind(settings)
     serve.run(app, name=TIGHT_APP, route_prefix=PREFIX)
     wait_ready(f"{service.http}{PREFIX}")
     yield f"ws://127.0.0.1:{service.port}{PREFIX}/api/websocket/ws?token="

@@ -33,7 +33,7 @@ from tests.fake_openai import (
     tool_calls,
 )
 from tests.integration.chat_client import ChatClient, RunLog
-from tests.integration.conftest import TEST_SECRET, Cluster, kill_namespace, wait_ready
+from tests.integration.conftest import TEST_SECRET, Cluster, ingress, kill_namespace, wait_ready
 
 pytestmark = pytest.mark.ray
 
@@ -79,8 +79,6 @@ def fake_model_app(
 ) -> Iterator[FakeModelApp]:
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     fake = FakeChatCompletions()
     with serve_in_thread(fake) as base_url:
         database = new_database("sqlite", tmp_path_factory.mktemp("raychat-fake-model"))
@@ -98,7 +96,7 @@ def fake_model_app(
             openai_api_key=SecretStr(API_KEY),
             openai_model=MODEL_NAME,
         )
-        app = RaychatIngress.options(name="FakeModelIngress", num_replicas=1).bind(settings)
+        app = ingress("FakeModelIngress", num_replicas=1).bind(settings)
         try:
             serve.run(app, name=APP, route_prefix=PREFIX)
             wait_ready(f"http://127.0.0.1:{ray_cluster.port}{PREFIX}")

@@ -9,7 +9,7 @@ import pytest
 
 from actors.remote import actor_name
 from tests.integration.chat_client import ChatClient
-from tests.integration.conftest import Service
+from tests.integration.conftest import Service, ingress
 
 pytestmark = pytest.mark.ray
 
@@ -21,14 +21,12 @@ async def test_an_app_is_ready_when_serve_says_so(service: Service) -> None:
     import ray
     from ray import serve
 
-    from serve_app import RaychatIngress
-
     namespace = "raychat-fresh-" + uuid.uuid4().hex[:8]
     # Counts left unset: sized from the cluster's CPUs (2 here: 1 shard, 2 agent actors).
     settings = service.settings.model_copy(
         update={"namespace": namespace, "shards": None, "agent_actors": None}
     )
-    app = RaychatIngress.options(name="FreshIngress", num_replicas=1).bind(settings)
+    app = ingress("FreshIngress", num_replicas=1).bind(settings)
     try:
         serve.run(app, name=APP, route_prefix="/fresh")
         async with httpx.AsyncClient(base_url=f"{service.http}/fresh", timeout=30) as http:

@@ -68,8 +68,10 @@ async def test_a_failing_loop_is_restarted_with_growing_backoff_and_is_down_mean
     assert supervisor.healthy()
     supervisor.check()
     report = supervisor.stats()["poll-0"]
-    assert report["restarts"] == 2 and report["up"] and report["last_error"] == (
-        "RuntimeError: poll failed"
+    assert (
+        report["restarts"] == 2
+        and report["up"]
+        and report["last_error"] == ("RuntimeError: poll failed")
     )
     await supervisor.stop()
     assert supervisor.loops == {}
