@@ -22,6 +22,7 @@ from actors.sharding import writer_for, writer_for_row
 
 RETRY_S = 60.0  # longest a repeatable call waits for its writer to come back
 
+
 class PersistenceRouter:
     """`ShardStore`, tools and reply store over the persistence writer actors' handles."""
 

@@ -79,7 +79,11 @@ class IngressCore:
             handles, self.replica_id, self.sockets, self.fan_in, self.turns, self.loops
         )
         self.draining = Draining(
-            self.sockets, handles.shards, settings.agent_check_s, self.admin.next_report
+            self.sockets,
+            handles.shards,
+            settings.agent_check_s,
+            self.admin.next_report,
+            present=self.sessions.present_of,
         )
 
     @property

@@ -48,6 +48,21 @@ class Sessions:
         self.counters = sockets.counters
         # Connects whose socket went away before the shard answered (see `serve_socket`).
         self._orphans: set[asyncio.Future[bool]] = set()
+        # User id -> this replica's sockets of the user that its shard counts (or is asked
+        # to): what the replica tells a shard that lost count of them (`present_of`).
+        self.present: dict[str, int] = {}
+
+    def present_of(self, shard_index: int) -> dict[str, int]:
+        """The sockets here of the users of shard `shard_index` (user id -> sockets)."""
+        index_of = self.handles.shard_index
+        return {user: n for user, n in self.present.items() if index_of(user) == shard_index}
+
+    def _count(self, user_id: str, delta: int) -> None:
+        left = self.present.get(user_id, 0) + delta
+        if left > 0:
+            self.present[user_id] = left
+        else:
+            self.present.pop(user_id, None)
 
     async def serve_socket(self, websocket: WebSocket, identity: Identity) -> None:
         """Run one authenticated, accepted socket (counted by `admit`) until it closes."""
@@ -60,8 +75,9 @@ class Sessions:
         )
         shard = self.handles.shard(user_id)
         limit = self.settings.max_sockets_per_user
+        self._count(user_id, 1)  # counted from the ask: a shard's `rejoin` keeps it
         # Counting a socket twice (a call that ran on a shard that then died) is harmless:
-        # a restarted shard starts counting afresh.
+        # a restarted shard starts afresh and asks each replica for its sockets (`rejoin`).
         connecting = asyncio.ensure_future(
             until_up(lambda: shard.connect.remote(user_id, self.replica_id, limit), SHARD_RETRY_S)
         )
@@ -73,8 +89,13 @@ class Sessions:
             self._orphans.add(connecting)
             connecting.add_done_callback(self._orphans.discard)
             connecting.add_done_callback(lambda _: self._undo_connect(connecting, shard, user_id))
+            connecting.add_done_callback(lambda _: self._count(user_id, -1))
+            raise
+        except BaseException:
+            self._count(user_id, -1)
             raise
         if not admitted:
+            self._count(user_id, -1)
             metrics.socket_closed(CLOSE_POLICY)
             await websocket.close(CLOSE_POLICY, "too many open sockets for this user")
             return
@@ -94,6 +115,7 @@ class Sessions:
             # Submit the disconnect first: if this handler is being cancelled, the
             # awaits below may not run, but the shard still learns of the close.
             disconnected = shard.disconnect.remote(user_id, self.replica_id)
+            self._count(user_id, -1)
             self.counters["closed"] += 1
             self.fan_in.unregister(conn)
             code = self.sockets.close_code(websocket)

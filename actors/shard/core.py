@@ -29,7 +29,7 @@ from actors.shard.housekeeping import Housekeeping
 from actors.shard.lanes import Lanes
 from actors.shard.launch import Launcher
 from actors.shard.model import AgentPort, ChatRequest, Run, ShardStore
-from actors.shard.presence import Presence
+from actors.shard.presence import REJOIN, Presence
 from actors.shard.queries import RunQueries
 from actors.shard.recovery import LostRuns, Recovery, Sleep
 from actors.shard.sessions import SessionCache
@@ -288,13 +288,15 @@ class UserShard:
         return await self.queries.streaming_texts(user_id, run_ids)
 
     # -- service ------------------------------------------------------------------
-    async def ensure_ready(self, report: dict[str, Any] | None = None) -> bool:
+    async def ensure_ready(self, report: dict[str, Any] | None = None) -> bool | str:
         """Rebuild from the database now if this shard has (re)started.
 
         Ingress replicas call it periodically, so a restarted shard settles the
         runs it lost without waiting for one of its users to send something.
         False once a drain has finished: the replicas then close their sockets
         with 1001. `report`: the calling replica's counters (`ReplicaReports`).
+        `REJOIN` (ready, truthy): this shard does not know every socket of the
+        reporting replica; it is to send them (`rejoin`).
         """
         await self.recovery.ready()
         if report is not None:
@@ -309,7 +311,15 @@ class UserShard:
                 sessions=self.sessions,
                 counts=self.counts,
             )
-        return not self._sockets_closing
+        if self._sockets_closing:
+            return False
+        if report is not None and self.presence.needs_rejoin(report["replica_id"]):
+            return REJOIN
+        return True
+
+    async def rejoin(self, replica_id: str, users: dict[str, int]) -> None:
+        """Every socket `replica_id` holds of this shard's users (asked for by `REJOIN`)."""
+        self.presence.rejoin(replica_id, users)
 
     def close_sockets(self) -> None:
         """The drain is done: from now on `ensure_ready` tells replicas to close sockets."""

@@ -4,12 +4,20 @@ Bounded by replica liveness: a replica is heard from when it reports (every
 `agent_check_s`, with `ensure_ready`) or opens or closes a socket; the sockets
 of a replica not heard from within `live_s` are forgotten (`prune`), so the
 users of a replica that died do not stay at their socket limit.
+
+A shard knows a replica's sockets in full only once the replica has told it
+all of them (`rejoin`): a new replica, a replica forgotten while it was alive
+but silent (its event loop stalled), and every replica after the shard itself
+restarted are asked to (`needs_rejoin`), so a user's runs reach every replica
+holding one of the user's sockets again.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+REJOIN = "rejoin"  # `ensure_ready`'s answer to a replica whose sockets the shard does not know
 
 
 class Presence:
@@ -21,13 +29,34 @@ class Presence:
         self._sockets: dict[str, dict[str, int]] = {}  # user id -> replica id -> sockets
         self._users_of: dict[str, set[str]] = {}  # replica id -> users with sockets there
         self._heard: dict[str, float] = {}  # replica id -> when it was last heard from
+        self._joined: set[str] = set()  # replicas that told every socket they hold
         self.opened = 0
         self.closed = 0
         self.dropped = 0  # sockets forgotten with a replica that went silent
+        self.rejoined = 0  # replicas that told their sockets again (or for the first time)
 
     def heard(self, replica_id: str) -> None:
         """`replica_id` is alive (it reported, or opened or closed a socket)."""
         self._heard[replica_id] = self._clock()
+
+    def needs_rejoin(self, replica_id: str) -> bool:
+        """True until `replica_id` has told this shard every socket it holds (`rejoin`)."""
+        return replica_id not in self._joined
+
+    def rejoin(self, replica_id: str, users: dict[str, int]) -> None:
+        """`replica_id` holds exactly `users` (user id -> sockets): replace what was counted.
+
+        Not checked against the per-user limit: the sockets are open already.
+        """
+        self.heard(replica_id)
+        for user_id in self._users_of.get(replica_id, set()).copy():
+            self._drop(user_id, replica_id)
+        for user_id, count in users.items():
+            if count > 0:
+                self._sockets.setdefault(user_id, {})[replica_id] = count
+                self._users_of.setdefault(replica_id, set()).add(user_id)
+        self._joined.add(replica_id)
+        self.rejoined += 1
 
     def connect(self, user_id: str, replica_id: str, limit: int) -> bool:
         """Count a socket of `user_id` opened on `replica_id`; False (not counted) at `limit`."""
@@ -59,6 +88,7 @@ class Presence:
         dropped = 0
         for replica_id in silent:
             del self._heard[replica_id]
+            self._joined.discard(replica_id)
             for user_id in self._users_of.get(replica_id, set()).copy():
                 dropped += self._sockets.get(user_id, {}).get(replica_id, 0)
                 self._drop(user_id, replica_id)
@@ -97,4 +127,5 @@ class Presence:
             "replicas": len(self._heard),
             "replicas_with_sockets": len(self._users_of),
             "dropped_sockets": self.dropped,
+            "rejoined": self.rejoined,
         }

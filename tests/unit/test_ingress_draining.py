@@ -12,6 +12,7 @@ from actors.factory import ActorHandles
 from actors.ingress import CLOSE_GOING_AWAY, IngressCore
 from actors.ingress.draining import STOPPING_CHECK_S, Draining
 from actors.ingress.sockets import SocketTable
+from actors.shard.presence import REJOIN
 from config import Settings
 
 
@@ -119,6 +120,44 @@ async def test_the_shard_keeper_closes_every_socket_once_the_service_is_drained(
     assert open_.going_away
 
 
+async def test_a_shard_that_asks_is_sent_this_replicas_sockets_of_its_users() -> None:
+    class RejoinedShard(KeptShard):
+        def __init__(self, answers: list[Any], fails: int = 0) -> None:
+            super().__init__(answers, [])
+            self.told: list[tuple[str, dict[str, int]]] = []
+            self.fails = fails
+            self.rejoin = type("Method", (), {"remote": self._rejoin})()
+
+        async def _rejoin(self, replica_id: str, users: dict[str, int]) -> None:
+            if self.fails:
+                self.fails -= 1
+                raise RuntimeError("restarting")
+            self.told.append((replica_id, users))
+
+    shards = [RejoinedShard([REJOIN, True, True]), RejoinedShard([True, REJOIN, REJOIN], fails=1)]
+    rounds = 3
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        if len(sleeps) == rounds:
+            raise Stop
+        sleeps.append(seconds)
+
+    drain = Draining(
+        table(),
+        shards,
+        1.0,
+        lambda: {"replica_id": "r1", "seq": len(sleeps)},
+        sleep=fake_sleep,
+        present=lambda index: {f"user-of-{index}": index + 1},
+    )
+    with pytest.raises(Stop):
+        await asyncio.wait_for(drain.keep_shards_ready(), 10)
+    assert shards[0].told == [("r1", {"user-of-0": 1})]
+    assert shards[1].told == [("r1", {"user-of-1": 2})]  # its first rejoin failed: asked again
+    assert drain.rejoins == 2 and not drain.sockets.going_away
+
+
 async def test_stop_closes_served_sockets_1001_and_their_sessions_end() -> None:
     class Method:
         def __init__(self, answer: Any = None) -> None:
@@ -144,9 +183,12 @@ async def test_stop_closes_served_sockets_1001_and_their_sessions_end() -> None:
     while len(ingress.fan_in.users) < 2:  # both sessions registered
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
+    # What the replica would tell a shard that lost count (one shard here: every user).
+    assert ingress.sessions.present_of(0) == {"u0": 1, "u1": 1}
 
     await ingress.stop()
     await asyncio.wait_for(asyncio.gather(*sessions), 10)
+    assert ingress.sessions.present == {}
     assert ingress.going_away
     assert [ws.closes for ws in sockets] == [[GOING_AWAY]] * 2
     assert ingress.counters["going_away_closed"] == 2 and ingress.counters["closed"] == 2

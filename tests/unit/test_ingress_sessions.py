@@ -166,6 +166,7 @@ async def test_a_socket_the_shard_refuses_is_closed_1008_unregistered(closes: Cl
     assert ws.closes == [(1008, "too many open sockets for this user")]
     assert shard.disconnect.calls == [] and ingress.counters["opened"] == 0
     assert closes.codes == ["1008"]
+    assert ingress.sessions.present == {}  # not counted: nothing to tell a shard that asks
 
 
 async def test_a_deferred_chat_is_answered_by_its_own_result(closes: Closes) -> None:

@@ -53,6 +53,7 @@ async def test_a_silent_replicas_sockets_are_dropped_after_the_window_not_before
         "replicas": 1,
         "replicas_with_sockets": 1,
         "dropped_sockets": 4,
+        "rejoined": 0,
     }
 
 
