@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from typing import Any
 
+import httpx
 import pytest
 
 from actors.remote import actor_name
 from actors.sharding import shard_for
 from tests.integration.chat_client import FINAL_TYPES, ChatClient, RunLog, resume_to_final
-from tests.integration.conftest import BOTH_DATABASES, Service, wait_ready
+from tests.integration.conftest import BOTH_DATABASES, REPLICAS, Service, wait_ready
 
 pytestmark = [pytest.mark.ray, BOTH_DATABASES]
 
@@ -100,6 +102,49 @@ async def test_shard_crash_keeps_running_runs_and_fails_queued_ones(service: Ser
         assert rows == {running: "completed", queued: "failed"}
         again = await client.turn("working again?", session_id="s")
         assert again.final is not None and again.final["type"] == "run.completed"
+
+
+async def test_after_a_shard_restart_a_users_sockets_on_every_replica_hear_new_runs(
+    service: Service,
+) -> None:
+    """A restarted shard is told each replica's sockets again (`rejoin`), not only new ones."""
+    user, sockets = "u-shard-rejoin", 6
+    index = shard_for(user, service.settings.shards)
+    stats_url = f"{service.http}/api/websocket/performance/stats"
+    async with (
+        AsyncExitStack() as stack,
+        httpx.AsyncClient(headers=service.admin_headers(), timeout=30) as http,
+    ):
+        clients = [
+            await stack.enter_async_context(ChatClient(service.ws_url(user)))
+            for _ in range(sockets)
+        ]
+        for _ in range(100):  # the replicas' reports reach the stats every second
+            replicas = (await http.get(stats_url)).json()["ingress"]["replicas"]
+            if len(replicas) == REPLICAS and all(r["sockets"] for r in replicas):
+                break
+            await asyncio.sleep(0.2)  # poll for the condition, bounded
+        assert all(r["sockets"] for r in replicas), replicas  # the user is on both replicas
+        shard = actor(service, "shard", index)
+        kill(shard)
+
+        async def counted() -> int:
+            try:
+                stats = await asyncio.wait_for(shard.stats.remote(), 5)
+            except Exception:  # still restarting
+                return -1
+            return int(stats["connections"]["active"])
+
+        for _ in range(150):  # restarted, it knows no socket until each replica rejoins
+            if await counted() == sockets:
+                break
+            await asyncio.sleep(0.2)  # poll for the condition, bounded
+        assert await counted() == sockets
+        run = await clients[0].turn("hello again")
+        assert run.final is not None and run.final["type"] == "run.completed"
+        for other in clients[1:]:  # on this replica or the other one
+            heard = await other.until_final(run.run_id)
+            assert heard.final == run.final and contiguous(heard)
 
 
 async def test_persistence_crash_loses_nothing_acknowledged(service: Service) -> None:
