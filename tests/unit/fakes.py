@@ -346,3 +346,24 @@ def flaky_rig(agents: int = 1, **settings: Any) -> tuple[ShardRig, FlakyShardSto
         sleep=clock.sleep,
     )
     return ShardRig(shard, store, fakes, clock), store
+
+
+class GatedSleep:
+    """A fake `asyncio.sleep`: records each delay and returns only when released."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.waiting = asyncio.Event()
+        self._release = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.waiting.set()
+        await self._release.wait()
+        self._release.clear()
+
+    async def release(self) -> None:
+        """Let the sleeping loop go on, and wait until it sleeps again or runs."""
+        self.waiting.clear()
+        self._release.set()
+        await asyncio.sleep(0)  # one loop turn: the supervised task resumes

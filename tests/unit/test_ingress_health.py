@@ -12,29 +12,13 @@ from actors.factory import ActorHandles
 from actors.ingress import IngressCore
 from actors.supervise import Supervisor
 from config import Settings
+from tests.unit.fakes import GatedSleep
 
 
 def core(**settings: Any) -> IngressCore:
     shard = SimpleNamespace(chats=SimpleNamespace(remote=None))
     handles = ActorHandles(writers=[], agents=[], shards=[shard])
     return IngressCore(Settings(shards=1, agent_actors=1, **settings), handles)
-
-
-class GatedSleep:
-    """A fake sleep for the supervisor's backoff: returns only when released."""
-
-    def __init__(self) -> None:
-        self.waiting = asyncio.Event()
-        self._go = asyncio.Event()
-
-    async def __call__(self, delay: float) -> None:
-        self.waiting.set()
-        await self._go.wait()
-        self._go.clear()
-
-    def release(self) -> None:
-        self.waiting.clear()
-        self._go.set()
 
 
 async def test_a_failing_dispatch_restarts_its_poll_loop_and_is_down_meanwhile() -> None:
@@ -68,7 +52,7 @@ async def test_a_failing_dispatch_restarts_its_poll_loop_and_is_down_meanwhile()
     assert not await ingress.ready()
     report = ingress.admin.local_stats()
     assert report["loop_restarts"] == 1 and not report["loops"]["poll-0"]["up"]
-    sleep.release()
+    await sleep.release()
     await batches.put(batch)
     for _ in range(1000):  # event-loop turns, not time: the restarted loop takes it at once
         if len(dispatched) == 2:
