@@ -75,12 +75,21 @@ class Sessions:
         )
         shard = self.handles.shard(user_id)
         limit = self.settings.max_sockets_per_user
-        self._count(user_id, 1)  # counted from the ask: a shard's `rejoin` keeps it
+        asked = False
+
+        def ask() -> Any:
+            # Counted here from the first ask, in the same step as the call goes out: a
+            # `rejoin` sent before it then includes it, one sent after it does not.
+            nonlocal asked
+            if not asked:
+                asked = True
+                self._count(user_id, 1)
+            return shard.connect.remote(user_id, self.replica_id, limit)
+
         # Counting a socket twice (a call that ran on a shard that then died) is harmless:
         # a restarted shard starts afresh and asks each replica for its sockets (`rejoin`).
-        connecting = asyncio.ensure_future(
-            until_up(lambda: shard.connect.remote(user_id, self.replica_id, limit), SHARD_RETRY_S)
-        )
+        # The ask's task always runs (it is shielded), so each path below uncounts once.
+        connecting = asyncio.ensure_future(until_up(ask, SHARD_RETRY_S))
         try:
             admitted = await asyncio.shield(connecting)
         except asyncio.CancelledError:
