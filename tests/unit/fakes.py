@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,12 +265,39 @@ class ShardRig:
         reply_id = self.store.row_of(run_id)["id"]  # type: ignore[index]
         await self.shard.run_ended(user, RunOutcome(run_id, status, "done", reply_id))
 
+    async def drive(
+        self,
+        done: Callable[[], bool],
+        step_s: float = 2.0,
+        task: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Let time pass, `step_s` whenever some task sleeps on the clock, until `done()`
+        (checked whenever something sleeps, or `task` ends)."""
+        for _ in range(200):
+            if done():
+                return
+            sleeping = asyncio.ensure_future(self.clock.sleeping())
+            await asyncio.wait({sleeping, *([task] if task else [])}, return_when="FIRST_COMPLETED")
+            if not sleeping.done():
+                sleeping.cancel()
+                continue
+            sleeping.result()
+            if done():
+                return
+            self.clock.advance(step_s)
+        raise AssertionError("not done after 200 steps")
 
-def shard_rig(agents: int = 1, **settings: Any) -> ShardRig:
+
+def shard_rig(
+    agents: int = 1,
+    store: FakeShardStore | None = None,
+    agent_type: type[FakeAgent] | None = None,
+    **settings: Any,
+) -> ShardRig:
     """A shard (index 0 of `shards`, default 1) over a fake store and `agents` fake agents."""
     clock = FakeClock()
-    store = FakeShardStore()
-    fakes = [FakeAgent() for _ in range(agents)]
+    store = store or FakeShardStore()
+    fakes = [(agent_type or FakeAgent)() for _ in range(agents)]
     shard = UserShard(
         Settings(**{"shards": 1, **settings}),
         index=0,
@@ -333,19 +361,8 @@ class BrokenAgent(FakeAgent):
 
 def flaky_rig(agents: int = 1, **settings: Any) -> tuple[ShardRig, FlakyShardStore]:
     """`shard_rig` over a `FlakyShardStore` and `BrokenAgent`s (not broken yet)."""
-    clock = FakeClock()
     store = FlakyShardStore()
-    fakes: list[FakeAgent] = [BrokenAgent() for _ in range(agents)]
-    shard = UserShard(
-        Settings(**{"shards": 1, **settings}),
-        index=0,
-        store=store,
-        agents=fakes,
-        agent_names=AGENT_NAMES,
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    return ShardRig(shard, store, fakes, clock), store
+    return shard_rig(agents, store=store, agent_type=BrokenAgent, **settings), store
 
 
 class GatedSleep:

@@ -26,13 +26,7 @@ async def test_other_users_are_answered_before_one_users_store_retries_end() -> 
     await rig.started("c")
     assert sorted(rig.agents[0].started_ids()) == ["a", "c"]
     result = asyncio.ensure_future(rig.shard.chat_result("b"))
-    while not result.done():  # its retries, on the fake clock
-        sleeping = asyncio.ensure_future(rig.clock.sleeping())
-        await asyncio.wait({sleeping, result}, return_when="FIRST_COMPLETED")
-        if sleeping.done():
-            rig.clock.advance(1.0)
-        else:
-            sleeping.cancel()
+    await rig.drive(result.done, step_s=1.0, task=result)  # its retries, on the fake clock
     assert result.result() == []
     assert store.attempts("begin_turn") == 5 and store.row_of("b") is not None
     await rig.started("b")
@@ -47,13 +41,7 @@ async def test_a_deferred_chats_error_is_its_answer() -> None:
     answers = await rig.shard.chats([request("slow", "b"), request("u1", "a")], defer=True)
     assert answers == [ChatDeferred("b"), []]
     result = asyncio.ensure_future(rig.shard.chat_result("b"))
-    while not result.done():
-        sleeping = asyncio.ensure_future(rig.clock.sleeping())
-        await asyncio.wait({sleeping, result}, return_when="FIRST_COMPLETED")
-        if sleeping.done():
-            rig.clock.advance(2.0)
-        else:
-            sleeping.cancel()
+    await rig.drive(result.done, task=result)
     assert isinstance(result.exception(), ConnectionError)
     assert "b" not in rig.shard.runs  # refused: its place in the lane is given back
     await rig.shard.stop()

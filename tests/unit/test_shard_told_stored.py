@@ -5,39 +5,15 @@ holds its failure; the store call is retried, and a run it could not store is le
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
 from actors.errors import Unavailable
 from actors.events import RUN_FAILED
-from tests.unit.fakes import ShardRig, flaky_rig
+from tests.unit.fakes import flaky_rig
 
 CHECK_S = 1.0
 GIVE_UP_AFTER = 9  # `fail_if_streaming` attempts within the shard's retry window (10 s)
-
-
-async def drive(
-    rig: ShardRig,
-    done: Callable[[], bool],
-    step_s: float = 2.0,
-    task: asyncio.Future[object] | None = None,
-) -> None:
-    """Let time pass, `step_s` whenever some task sleeps on the clock, until `done()`
-    (checked whenever something sleeps, or `task` ends)."""
-    for _ in range(200):
-        if done():
-            return
-        sleeping = asyncio.ensure_future(rig.clock.sleeping())
-        await asyncio.wait({sleeping, *([task] if task else [])}, return_when="FIRST_COMPLETED")
-        if not sleeping.done():
-            sleeping.cancel()
-            continue
-        sleeping.result()
-        if done():
-            return
-        rig.clock.advance(step_s)
-    raise AssertionError("not done after 200 steps")
 
 
 async def test_a_lost_run_is_announced_only_once_its_failure_is_stored() -> None:
@@ -51,13 +27,13 @@ async def test_a_lost_run_is_announced_only_once_its_failure_is_stored() -> None
     rig.clock.advance(CHECK_S)  # first check: a suspect
     await rig.clock.sleeping()
     rig.clock.advance(CHECK_S)  # second check: lost; storing it fails, retried
-    await drive(rig, lambda: store.attempts("fail_if_streaming") >= GIVE_UP_AFTER)
+    await rig.drive(lambda: store.attempts("fail_if_streaming") >= GIVE_UP_AFTER)
     # Given up for now: nothing told, the run still holds its session.
     assert rig.agents[0].announced == []
     assert store.rows[reply]["status"] == "streaming"
     assert rig.shard.runs["a"].ended_at is None
     assert rig.shard.counts["unsettled"] == 1 and rig.shard.counts["lost"] == 0
-    await drive(rig, lambda: bool(rig.agents[0].announced), step_s=CHECK_S)  # later passes
+    await rig.drive(lambda: bool(rig.agents[0].announced), step_s=CHECK_S)  # later passes
     assert store.rows[reply]["status"] == "failed"
     (run_id, _, events), *more = rig.agents[0].announced
     assert (run_id, more, events[-1]["type"]) == ("a", [], RUN_FAILED)
@@ -70,7 +46,7 @@ async def test_a_brief_store_failure_is_retried_before_anything_is_told() -> Non
     lost = store.add_streaming("v", "s", "lost")
     store.fails["fail_if_streaming"] = 2
     ready = asyncio.ensure_future(rig.shard.ensure_ready())
-    await drive(rig, ready.done, task=ready)
+    await rig.drive(ready.done, task=ready)
     assert ready.result() is True
     assert store.attempts("fail_if_streaming") == 3
     assert store.rows[lost]["status"] == "failed" and len(rig.agents[0].announced) == 1
@@ -82,7 +58,7 @@ async def test_a_recovered_run_whose_failure_cannot_be_stored_is_not_told() -> N
     lost = store.add_streaming("v", "s", "lost")
     store.fails["fail_if_streaming"] = GIVE_UP_AFTER
     ready = asyncio.ensure_future(rig.shard.ensure_ready())
-    await drive(rig, ready.done, task=ready)
+    await rig.drive(ready.done, task=ready)
     with pytest.raises(Unavailable):
         ready.result()
     assert rig.agents[0].announced == [] and store.rows[lost]["status"] == "streaming"
@@ -98,7 +74,7 @@ async def test_a_drained_run_whose_failure_cannot_be_stored_is_not_ended_or_told
     await rig.chat("b")  # queued behind it
     store.fails["fail_if_streaming"] = GIVE_UP_AFTER
     drained = asyncio.ensure_future(rig.shard.drain())
-    await drive(rig, drained.done, task=drained)
+    await rig.drive(drained.done, task=drained)
     assert drained.result() == 0
     assert rig.agents[0].announced == [] and rig.shard.runs["b"].ended_at is None
     assert store.row_of("b")["status"] == "streaming"  # type: ignore[index]
