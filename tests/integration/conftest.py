@@ -21,6 +21,7 @@ import pytest
 from pydantic import SecretStr
 
 from actors.auth import TokenCodec
+from actors.remote import actor_name
 from benchmarks.systems import free_ports
 from config import Settings
 from config.serve_env import apply_serve_defaults
@@ -86,6 +87,13 @@ class Service:
         response.raise_for_status()
         messages: list[dict[str, Any]] = response.json()["messages"]
         return messages
+
+    def actor(self, kind: str, index: int | None = None) -> Any:
+        """The handle of one of the app's actors (`persistence`, `agent`, `shard`)."""
+        import ray
+
+        name = actor_name(self.settings, kind, index)
+        return ray.get_actor(name, namespace=self.settings.namespace)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Read the real database directly (`?` placeholders)."""

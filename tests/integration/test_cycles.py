@@ -24,7 +24,6 @@ import httpx
 import pytest
 import websockets
 
-from actors.remote import actor_name
 from tests.integration.conftest import Cluster, Service, own_service
 from tests.integration.processes import MIB, python_heap_tracing, rss_by_pid
 
@@ -80,10 +79,10 @@ def app_processes(service: Service) -> list[Any]:
         for actor in ray.util.list_named_actors(all_namespaces=True)
         if actor["namespace"] == "serve" and actor["name"].startswith(f"SERVE_REPLICA::{app}#")
     ]
-    names = [actor_name(settings, "persistence", 0)]
-    names += [actor_name(settings, "shard", i) for i in range(settings.shards)]
-    names += [actor_name(settings, "agent", i) for i in range(settings.agent_actors)]
-    return handles + [ray.get_actor(name, namespace=settings.namespace) for name in names]
+    handles.append(service.actor("persistence", 0))
+    handles += [service.actor("shard", i) for i in range(settings.shards)]
+    handles += [service.actor("agent", i) for i in range(settings.agent_actors)]
+    return handles
 
 
 def app_rss(processes: list[Any]) -> dict[int, int]:
@@ -96,13 +95,7 @@ def app_rss(processes: list[Any]) -> dict[int, int]:
 
 async def shard_stats(service: Service) -> list[dict[str, Any]]:
     """Each shard's own stats (sizes the service-wide document does not carry)."""
-    import ray
-
-    settings = service.settings
-    shards = [
-        ray.get_actor(actor_name(settings, "shard", i), namespace=settings.namespace)
-        for i in range(settings.shards)
-    ]
+    shards = [service.actor("shard", i) for i in range(service.settings.shards)]
     return list(await asyncio.gather(*(shard.stats.remote() for shard in shards)))
 
 

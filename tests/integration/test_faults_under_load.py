@@ -20,7 +20,7 @@ import websockets
 from actors.sharding import shard_for
 from tests.integration.chat_client import FINAL_TYPES, ChatClient
 from tests.integration.conftest import Service, wait_ready
-from tests.integration.test_faults import actor, kill
+from tests.integration.test_faults import kill
 
 pytestmark = pytest.mark.ray
 
@@ -112,7 +112,7 @@ async def in_setup(service: Service, kind: str, load: Load) -> list[str]:
     accepted = {run_id for log in load.logs for run_id in log.accepted}
     fresh = {run_id: user for run_id, user in rows if run_id not in accepted}
     for index in range(service.settings.agent_actors):
-        for run_id in await actor(service, "agent", index).holding.remote(list(fresh)):
+        for run_id in await service.actor("agent", index).holding.remote(list(fresh)):
             fresh.pop(run_id, None)
     return list(fresh.values())
 
@@ -120,14 +120,14 @@ async def in_setup(service: Service, kind: str, load: Load) -> list[str]:
 async def victim(service: Service, kind: str, load: Load, fresh: list[str]) -> Any:
     """An actor of `kind` with runs streaming on it (agent) or being set up in it (shard)."""
     if kind == "persistence":
-        return actor(service, "persistence")
+        return service.actor("persistence")
     if kind == "shard":
         shards = Counter(shard_for(user, service.settings.shards) for user in fresh)
-        return actor(service, "shard", shards.most_common(1)[0][0])
+        return service.actor("shard", shards.most_common(1)[0][0])
     running = [run_id for _, run_id in load.streaming_runs()]
     held = []
     for index in range(service.settings.agent_actors):
-        handle = actor(service, "agent", index)
+        handle = service.actor("agent", index)
         held.append((len(await handle.holding.remote(running)), index, handle))
     count, _, handle = max(held, key=lambda item: item[:2])
     assert count, f"no agent holds any of {running}"

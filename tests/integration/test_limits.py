@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests.integration.chat_client import ChatClient
-from tests.integration.conftest import Service, ingress, wait_ready
+from tests.integration.conftest import Service, side_app
 
 pytestmark = pytest.mark.ray
 
@@ -23,23 +23,18 @@ PREFIX = "/tight"
 @pytest.fixture(scope="module")
 def tight(service: Service) -> Iterator[str]:
     """The ws URL prefix of an app with small limits (same actors, same database)."""
-    from ray import serve
-
-    settings = service.settings.model_copy(
-        update={
-            "max_sockets_per_user": 2,
-            "idle_timeout_s": 1.5,
-            "max_frame_bytes": 4096,
-            "max_text_chars": 100,
-            "frame_rate_per_s": 1.0,
-            "frame_rate_burst": 30.0,
-        }
-    )
-    app = ingress("TightIngress", num_replicas=1).bind(settings)
-    serve.run(app, name=TIGHT_APP, route_prefix=PREFIX)
-    wait_ready(f"{service.http}{PREFIX}")
-    yield f"ws://127.0.0.1:{service.port}{PREFIX}/api/websocket/ws?token="
-    serve.delete(TIGHT_APP)
+    with side_app(
+        service,
+        TIGHT_APP,
+        PREFIX,
+        max_sockets_per_user=2,
+        idle_timeout_s=1.5,
+        max_frame_bytes=4096,
+        max_text_chars=100,
+        frame_rate_per_s=1.0,
+        frame_rate_burst=30.0,
+    ) as url:
+        yield url
 
 
 async def closed_code(ws: websockets.ClientConnection) -> int:

@@ -2,14 +2,13 @@
 
 The scripted fake endpoint (`tests/fake_openai.py`) runs in a thread of the
 test process on 127.0.0.1; the agent actors, in their own processes, reach it
-over TCP. The app under test is a second Serve app at `/fake-model` with its
+over TCP. The app under test is a second Serve app at `/raychat-fake-model` with its
 own actors (namespace), SQLite file and `model="openai"` settings: the session
 app's actors run the simulated model.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +17,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from actors.auth import TokenCodec
 from actors.runs import ORGANIZER
-from config import Settings
-from tests.databases import Database, new_database
+from tests.databases import Database
 from tests.fake_openai import (
     DEFAULT_PIECES,
     FakeChatCompletions,
@@ -33,12 +30,10 @@ from tests.fake_openai import (
     tool_calls,
 )
 from tests.integration.chat_client import ChatClient, RunLog
-from tests.integration.conftest import TEST_SECRET, Cluster, ingress, kill_namespace, wait_ready
+from tests.integration.conftest import Cluster, Service, own_service
 
 pytestmark = pytest.mark.ray
 
-APP = "raychat-fake-model"
-PREFIX = "/fake-model"
 API_KEY = "sk-fake-e2e"
 MODEL_NAME = "fake-e2e-model"
 WAIT_BOUND_S = 20.0  # safety bound only
@@ -49,25 +44,20 @@ class FakeModelApp:
     """The app whose model is the fake endpoint, and the endpoint's record."""
 
     fake: FakeChatCompletions
-    settings: Settings
-    port: int
-    database: Database
+    service: Service
 
     @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PREFIX}"
-
-    def token(self, user_id: str) -> str:
-        codec = TokenCodec(TEST_SECRET, issuer=self.settings.token_issuer, ttl_s=3600)
-        return codec.issue(user_id)
+    def database(self) -> Database:
+        return self.service.database
 
     def ws_url(self, user_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{PREFIX}/api/websocket/ws?token={self.token(user_id)}"
+        return self.service.ws_url(user_id)
 
     async def history(self, user_id: str, session_id: str) -> list[tuple[str, str, str]]:
         """(role, text, status) of each message of the session, through `/api/history`."""
-        headers = {"Authorization": f"Bearer {self.token(user_id)}"}
-        async with httpx.AsyncClient(base_url=self.http, headers=headers, timeout=30) as http:
+        headers = {"Authorization": f"Bearer {self.service.token(user_id)}"}
+        base = self.service.http
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
             response = await http.get("/api/history", params={"session_id": session_id})
         response.raise_for_status()
         return [(m["role"], m["text"], m["status"]) for m in response.json()["messages"]]
@@ -77,16 +67,14 @@ class FakeModelApp:
 def fake_model_app(
     ray_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FakeModelApp]:
-    from ray import serve
-
     fake = FakeChatCompletions()
-    with serve_in_thread(fake) as base_url:
-        database = new_database("sqlite", tmp_path_factory.mktemp("raychat-fake-model"))
-        settings = Settings(
-            database_url=database.url,
-            data_dir=tmp_path_factory.mktemp("raychat-fake-model-data"),
-            secret=SecretStr(TEST_SECRET),
-            namespace="raychat-fake-model-" + uuid.uuid4().hex[:8],
+    with (
+        serve_in_thread(fake) as base_url,
+        own_service(
+            ray_cluster,
+            tmp_path_factory.mktemp("raychat-fake-model"),
+            "raychat-fake-model",
+            replicas=1,
             shards=1,
             agent_actors=1,
             persistence_writers=1,
@@ -95,15 +83,9 @@ def fake_model_app(
             openai_base_url=base_url,
             openai_api_key=SecretStr(API_KEY),
             openai_model=MODEL_NAME,
-        )
-        app = ingress("FakeModelIngress", num_replicas=1).bind(settings)
-        try:
-            serve.run(app, name=APP, route_prefix=PREFIX)
-            wait_ready(f"http://127.0.0.1:{ray_cluster.port}{PREFIX}")
-            yield FakeModelApp(fake, settings, ray_cluster.port, database)
-        finally:
-            serve.delete(APP)
-            kill_namespace(settings.namespace)
+        ) as service,
+    ):
+        yield FakeModelApp(fake, service)
 
 
 def non_deltas(run: RunLog) -> list[tuple[Any, ...]]:
