@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.remote import actor_name
 from actors.sharding import shard_for
 from tests.integration.chat_client import FINAL_TYPES, ChatClient, RunLog, resume_to_final
 from tests.integration.conftest import BOTH_DATABASES, REPLICAS, Service, wait_ready
@@ -21,16 +20,9 @@ def contiguous(run: RunLog) -> bool:
     return run.seqs == list(range(1, len(run.seqs) + 1))
 
 
-def actor(service: Service, kind: str, index: int | None = None) -> Any:
-    import ray
-
-    name = actor_name(service.settings, kind, index)
-    return ray.get_actor(name, namespace=service.settings.namespace)
-
-
 async def agent_holding(service: Service, run_id: str) -> Any:
     for index in range(service.settings.agent_actors):
-        handle = actor(service, "agent", index)
+        handle = service.actor("agent", index)
         if await handle.holding.remote([run_id]):
             return handle
     raise AssertionError(f"no agent holds {run_id}")
@@ -86,7 +78,7 @@ async def test_shard_crash_keeps_running_runs_and_fails_queued_ones(service: Ser
         running = await client.start("keep going in 300 words", session_id="s")
         queued = await client.start("and then this", session_id="s")
         await client.next_of("run.queued")
-        kill(actor(service, "shard", shard_for(user, service.settings.shards)))
+        kill(service.actor("shard", shard_for(user, service.settings.shards)))
         first = await client.until_final(running)
         second = await client.until_final(queued)
         assert first.final is not None and first.final["type"] == "run.completed"
@@ -125,21 +117,24 @@ async def test_after_a_shard_restart_a_users_sockets_on_every_replica_hear_new_r
                 break
             await asyncio.sleep(0.2)  # poll for the condition, bounded
         assert all(r["sockets"] for r in replicas), replicas  # the user is on both replicas
-        shard = actor(service, "shard", index)
+        shard = service.actor("shard", index)
         kill(shard)
 
-        async def counted() -> int:
+        async def connections() -> dict[str, int]:
             try:
                 stats = await asyncio.wait_for(shard.stats.remote(), 5)
             except Exception:  # still restarting
-                return -1
-            return int(stats["connections"]["active"])
+                return {}
+            return dict(stats["connections"])
 
-        for _ in range(150):  # restarted, it knows no socket until each replica rejoins
-            if await counted() == sockets:
+        # The restarted shard (no socket opened on it: `opened` 0; the killed one may
+        # still answer for a moment) knows no socket until each replica rejoins.
+        expected = {"active": sockets, "opened": 0, "closed": 0}
+        for _ in range(150):
+            if (counted := await connections()) == expected:
                 break
             await asyncio.sleep(0.2)  # poll for the condition, bounded
-        assert await counted() == sockets
+        assert counted == expected
         run = await clients[0].turn("hello again")
         assert run.final is not None and run.final["type"] == "run.completed"
         for other in clients[1:]:  # on this replica or the other one
@@ -156,7 +151,7 @@ async def test_persistence_crash_loses_nothing_acknowledged(service: Service) ->
         try:
             for i, client in enumerate(clients):
                 await client.chat(f"question {i} in 60 words")
-            kill(actor(service, "persistence"))
+            kill(service.actor("persistence"))
             outcomes: list[dict[str, Any]] = []
             for client in clients:
                 while True:  # each chat ends in a final event, or an error if not stored
